@@ -1,0 +1,347 @@
+//! `type: openai`: vLLM, LM Studio, llama.cpp, Ollama's `/v1`, TGI's
+//! Messages API, OpenAI itself. The request passes through with only `model`
+//! rewritten; responses and stream chunks pass through with only `model`
+//! rewritten to the name the client sent.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use http::{HeaderMap, HeaderValue, Uri, header};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use super::{Adapter, AuthStyle, Built, Converted, UpstreamRequest};
+use crate::call::Call;
+use crate::config::{Path, Problem, raw};
+use crate::error::Error;
+use crate::openai::{Endpoint, SSE_DONE, Usage, json_string, span_of, splice};
+use crate::stream::{Decoder, sse::SseParser};
+use crate::upstream::{Cause, Failure};
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Options {}
+
+pub fn build(raw: &raw::Provider, path: &Path, problems: &mut Vec<Problem>) -> Option<Built> {
+    let _: Options = super::options(raw, path, problems)?;
+    let base = super::base_url(raw, None, path, problems)?;
+    Some(Built {
+        adapter: Box::new(OpenAi::new(&base)),
+        demo: None,
+        default_auth: AuthStyle::Bearer,
+    })
+}
+
+#[derive(Debug)]
+pub struct OpenAi {
+    chat: Uri,
+    completions: Uri,
+    embeddings: Uri,
+}
+
+impl OpenAi {
+    pub fn new(base: &str) -> Self {
+        OpenAi {
+            chat: super::join(base, Endpoint::Chat.path()),
+            completions: super::join(base, Endpoint::Completions.path()),
+            embeddings: super::join(base, Endpoint::Embeddings.path()),
+        }
+    }
+}
+
+impl Adapter for OpenAi {
+    fn supports(&self, endpoint: Endpoint) -> bool {
+        matches!(
+            endpoint,
+            Endpoint::Chat | Endpoint::Completions | Endpoint::Embeddings
+        )
+    }
+
+    fn request(&self, call: &Call, model: &str) -> Result<UpstreamRequest, Error> {
+        let uri = match call.endpoint {
+            Endpoint::Chat => &self.chat,
+            Endpoint::Completions => &self.completions,
+            Endpoint::Embeddings => &self.embeddings,
+            Endpoint::Models => return Err(Error::internal("models is not proxied")),
+        };
+        let body = if call.view.model.as_ref() == model {
+            call.body.clone()
+        } else {
+            splice(
+                &call.body,
+                call.view.model_span.clone(),
+                &json_string(model),
+            )
+        };
+        Ok(UpstreamRequest {
+            uri: uri.clone(),
+            headers: json_headers(call.view.stream),
+            body,
+            stream: call.view.stream,
+        })
+    }
+
+    fn response(&self, call: &Call, body: Bytes) -> Result<Converted, Failure> {
+        rewrite_response(body, &call.model_json)
+    }
+
+    fn decoder(&self, call: &Call) -> Box<dyn Decoder> {
+        Box::new(PassthroughStream::new(call.model_json.clone()))
+    }
+}
+
+/// `content-type: application/json` and the matching `accept`.
+pub fn json_headers(stream: bool) -> HeaderMap {
+    let mut headers = HeaderMap::with_capacity(2);
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    headers.insert(
+        header::ACCEPT,
+        HeaderValue::from_static(if stream {
+            "text/event-stream"
+        } else {
+            "application/json"
+        }),
+    );
+    headers
+}
+
+/// The fields of a response or chunk the gateway looks at; everything else is
+/// skipped without being built.
+#[derive(Deserialize)]
+struct Peek<'a> {
+    #[serde(borrow, default)]
+    model: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    usage: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    error: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    choices: Option<&'a RawValue>,
+}
+
+fn parse_usage(raw: Option<&RawValue>) -> Option<Usage> {
+    raw.and_then(|r| {
+        serde_json::from_str::<Option<Usage>>(r.get())
+            .ok()
+            .flatten()
+    })
+}
+
+/// Rewrites `model` in a whole response and reads its usage.
+pub fn rewrite_response(body: Bytes, model_json: &[u8]) -> Result<Converted, Failure> {
+    let peek: Peek<'_> = serde_json::from_slice(&body)
+        .map_err(|e| Failure::protocol(format!("the response is not a JSON object: {e}")))?;
+    let usage = parse_usage(peek.usage);
+    let body = match peek.model {
+        Some(raw) => splice(&body, span_of(&body, raw), model_json),
+        None => body,
+    };
+    Ok(Converted { body, usage })
+}
+
+/// Relays an OpenAI event stream, rewriting `model` in each chunk.
+pub struct PassthroughStream {
+    sse: SseParser,
+    state: PassthroughState,
+}
+
+struct PassthroughState {
+    model_json: Bytes,
+    usage: Option<Usage>,
+    /// A choice reached its `finish_reason`.
+    finished: bool,
+    done: bool,
+}
+
+impl PassthroughStream {
+    pub fn new(model_json: Bytes) -> Self {
+        PassthroughStream {
+            sse: SseParser::new(),
+            state: PassthroughState {
+                model_json,
+                usage: None,
+                finished: false,
+                done: false,
+            },
+        }
+    }
+}
+
+impl Decoder for PassthroughStream {
+    fn feed(&mut self, input: &[u8], out: &mut BytesMut) -> Result<(), Failure> {
+        let state = &mut self.state;
+        self.sse.feed(input, &mut |event| state.event(event, out))
+    }
+
+    fn finish(&mut self, out: &mut BytesMut) -> Result<(), Failure> {
+        let state = &mut self.state;
+        self.sse.finish(&mut |event| state.event(event, out))?;
+        if state.done {
+            Ok(())
+        } else if state.finished {
+            // Some servers close without `[DONE]` after a finished choice.
+            out.put_slice(SSE_DONE);
+            state.done = true;
+            Ok(())
+        } else {
+            Err(Failure::protocol("the stream ended before it was finished"))
+        }
+    }
+
+    fn usage(&self) -> Option<Usage> {
+        self.state.usage
+    }
+}
+
+impl PassthroughState {
+    fn event(
+        &mut self,
+        event: crate::stream::sse::Event<'_>,
+        out: &mut BytesMut,
+    ) -> Result<(), Failure> {
+        if self.done {
+            return Ok(());
+        }
+        let data = event.data;
+        if data.starts_with("[DONE]") {
+            self.done = true;
+            out.put_slice(SSE_DONE);
+            return Ok(());
+        }
+        if event.event == "error" {
+            return Err(in_band_error(data.as_bytes()));
+        }
+        let peek: Peek<'_> = serde_json::from_str(data)
+            .map_err(|e| Failure::protocol(format!("an event is not JSON: {e}")))?;
+        if peek.error.is_some_and(|e| e.get() != "null") {
+            return Err(in_band_error(data.as_bytes()));
+        }
+        if let Some(usage) = parse_usage(peek.usage) {
+            self.usage = Some(usage);
+        }
+        if peek.choices.is_some_and(|c| has_finish_reason(c.get())) {
+            self.finished = true;
+        }
+        out.reserve(data.len() + self.model_json.len() + 8);
+        out.put_slice(b"data: ");
+        match peek.model {
+            Some(raw) => {
+                let span = span_of(data.as_bytes(), raw);
+                put_one_line(out, &data.as_bytes()[..span.start]);
+                out.put_slice(&self.model_json);
+                put_one_line(out, &data.as_bytes()[span.end..]);
+            }
+            None => put_one_line(out, data.as_bytes()),
+        }
+        out.put_slice(b"\n\n");
+        Ok(())
+    }
+}
+
+/// Copies JSON text, turning the newlines of a multi-line `data` event into
+/// spaces (JSON strings cannot hold raw newlines, so only whitespace changes).
+fn put_one_line(out: &mut BytesMut, json: &[u8]) {
+    if memchr::memchr(b'\n', json).is_none() {
+        out.put_slice(json);
+    } else {
+        out.extend(json.iter().map(|&b| if b == b'\n' { b' ' } else { b }));
+    }
+}
+
+/// Whether a `choices` array holds a non-null `finish_reason`.
+fn has_finish_reason(choices: &str) -> bool {
+    let mut rest = choices;
+    while let Some(at) = rest.find("\"finish_reason\"") {
+        rest = &rest[at + 15..];
+        let value = rest
+            .trim_start()
+            .strip_prefix(':')
+            .unwrap_or("")
+            .trim_start();
+        if value.starts_with('"') {
+            return true;
+        }
+    }
+    false
+}
+
+fn in_band_error(data: &[u8]) -> Failure {
+    let (message, code) = super::error_message(data);
+    let mut failure = Failure::new(Cause::InBand, message);
+    failure.code = code;
+    failure
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn relay(input: &[&str]) -> (String, Result<(), Failure>, Option<Usage>) {
+        let mut d = PassthroughStream::new(json_string("alias"));
+        let mut out = BytesMut::new();
+        for piece in input {
+            if let Err(f) = d.feed(piece.as_bytes(), &mut out) {
+                return (String::from_utf8(out.to_vec()).unwrap(), Err(f), d.usage());
+            }
+        }
+        let r = d.finish(&mut out);
+        (String::from_utf8(out.to_vec()).unwrap(), r, d.usage())
+    }
+
+    #[test]
+    fn rewrites_model_and_keeps_everything_else() {
+        let (out, r, usage) = relay(&[
+            "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"model\":\"meta/llama\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi\"},\"finish_reason\":null}],\"x\":1}\n\n",
+            "data: {\"id\":\"c1\",\"model\":\"meta/llama\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\ndata: {\"id\":\"c1\",\"model\":\"meta/llama\",\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":1,\"total_tokens\":4}}\n\ndata: [DONE]\n\n",
+        ]);
+        r.unwrap();
+        assert_eq!(usage, Some(Usage::new(3, 1)));
+        assert!(out.starts_with("data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"model\":\"alias\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi\"},\"finish_reason\":null}],\"x\":1}\n\n"));
+        assert!(!out.contains("meta/llama"));
+        assert!(out.ends_with("data: [DONE]\n\n"));
+    }
+
+    #[test]
+    fn multi_line_data_becomes_one_line() {
+        let (out, r, _) = relay(&[
+            "data: {\"model\":\"m\",\n",
+            "data: \"choices\":[{\"finish_reason\":\"stop\"}]}\n\ndata: [DONE]\n\n",
+        ]);
+        r.unwrap();
+        assert_eq!(
+            out,
+            "data: {\"model\":\"alias\", \"choices\":[{\"finish_reason\":\"stop\"}]}\n\ndata: [DONE]\n\n"
+        );
+    }
+
+    #[test]
+    fn in_band_errors_fail_the_stream() {
+        let (_, r, _) = relay(&["data: {\"error\":{\"message\":\"boom\",\"code\":500}}\n\n"]);
+        assert_eq!(r.unwrap_err().message, "boom");
+        let (_, r, _) = relay(&[
+            "error: {\"code\":500,\"message\":\"llama fell over\",\"type\":\"server_error\"}\n\n",
+        ]);
+        assert_eq!(r.unwrap_err().cause, Cause::InBand);
+    }
+
+    #[test]
+    fn a_stream_cut_short_fails_but_a_finished_one_without_done_does_not() {
+        let (_, r, _) =
+            relay(&["data: {\"model\":\"m\",\"choices\":[{\"finish_reason\":null}]}\n\n"]);
+        assert_eq!(r.unwrap_err().cause, Cause::Protocol);
+        let (out, r, _) =
+            relay(&["data: {\"model\":\"m\",\"choices\":[{\"finish_reason\": \"length\"}]}\n\n"]);
+        r.unwrap();
+        assert!(out.ends_with("data: [DONE]\n\n"));
+    }
+
+    #[test]
+    fn whole_responses_get_the_alias() {
+        let body = Bytes::from_static(br#"{"id":"x","model":"meta/llama","choices":[],"usage":{"prompt_tokens":2,"completion_tokens":5,"total_tokens":7}}"#);
+        let c = rewrite_response(body, &json_string("alias")).unwrap();
+        assert_eq!(&c.body[..], br#"{"id":"x","model":"alias","choices":[],"usage":{"prompt_tokens":2,"completion_tokens":5,"total_tokens":7}}"#);
+        assert_eq!(c.usage, Some(Usage::new(2, 5)));
+        assert!(rewrite_response(Bytes::from_static(b"<html>"), b"\"a\"").is_err());
+    }
+}

@@ -1,0 +1,30 @@
+//! What the request path knows about one client request once it is routed.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::HeaderValue;
+use tokio::time::Instant;
+
+use crate::auth::Caller;
+use crate::openai::{Endpoint, RequestView};
+use crate::registry::Snapshot;
+use crate::route::Route;
+
+/// One routed client request. Cheap to share: the body is `Bytes` and the
+/// snapshot an `Arc`, so every attempt reads the same bytes.
+#[derive(Debug)]
+pub struct Call {
+    /// The config this request started on; it finishes on it too.
+    pub snapshot: Arc<Snapshot>,
+    pub request_id: HeaderValue,
+    pub endpoint: Endpoint,
+    pub caller: Caller,
+    /// The body exactly as the client sent it.
+    pub body: Bytes,
+    pub view: RequestView,
+    pub route: Route,
+    /// The client's model name as a JSON string; responses carry it as `model`.
+    pub model_json: Bytes,
+    pub started: Instant,
+}

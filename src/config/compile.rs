@@ -1,0 +1,409 @@
+//! Raw config → [`Snapshot`]: cross references, units, globs, credentials.
+//! Every problem is collected with its YAML path; nothing is half-built.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use globset::GlobSetBuilder;
+use http::{HeaderMap, HeaderName, HeaderValue};
+use indexmap::IndexMap;
+
+use super::{Path, Problem, raw, units};
+use crate::adapter::{self, AuthStyle};
+use crate::auth::{self, Key, KeyTable};
+use crate::provider::Provider;
+use crate::registry::{Settings, Shared, Snapshot};
+use crate::route::{self, Alias, Aliases, Target};
+use crate::secret::Secret;
+use crate::upstream::{PoolKey, Timeouts, Transport};
+
+pub fn compile(raw: raw::Config, shared: &Shared) -> Result<Snapshot, Vec<Problem>> {
+    let mut problems = Vec::new();
+    let root = Path::root();
+
+    let settings = settings(&raw, &mut problems);
+    let defaults = timeouts(&raw.timeouts, None, &root.key("timeouts"), &mut problems);
+    let keys = keys(&raw, &mut problems);
+
+    let mut providers = IndexMap::new();
+    for (id, p) in &raw.providers {
+        let path = root.key("providers").key(id.as_str());
+        if let Some(provider) = provider(id, p, &defaults, &path, shared, &mut problems) {
+            providers.insert(Arc::<str>::from(id.as_str()), Arc::new(provider));
+        }
+    }
+
+    let mut aliases = Aliases::default();
+    for (name, m) in &raw.models {
+        let path = root.key("models").key(name.as_str());
+        let mut targets = Vec::with_capacity(m.targets.len());
+        if m.targets.is_empty() {
+            problems.push(Problem::new(
+                path.key("targets"),
+                "an alias needs at least one target",
+            ));
+        }
+        for (i, t) in m.targets.iter().enumerate() {
+            let tpath = path.key("targets").index(i);
+            match providers.get(t.provider.as_str()) {
+                Some(p) => targets.push(Target {
+                    provider: Arc::clone(p),
+                    model: t.model.as_deref().map(Arc::from),
+                    weight: t.weight,
+                }),
+                None if raw.providers.contains_key(&t.provider) => {} // reported at the provider
+                None => problems.push(Problem::new(
+                    tpath.key("provider"),
+                    format!("no provider named {:?}", t.provider),
+                )),
+            }
+        }
+        if !m.targets.is_empty() && m.targets.iter().all(|t| t.weight == 0) {
+            problems.push(Problem::new(
+                path.key("targets"),
+                "every target has weight 0; at least one must be positive",
+            ));
+        }
+        let wildcard = route::is_pattern(name);
+        let alias = Arc::new(Alias {
+            name: Arc::from(name.as_str()),
+            targets,
+            wildcard,
+        });
+        if wildcard {
+            match route::glob(name) {
+                Ok(glob) => aliases.insert_wildcard(glob.compile_matcher(), alias),
+                Err(e) => problems.push(Problem::new(path, format!("bad pattern: {e}"))),
+            }
+        } else {
+            aliases.insert_exact(alias);
+        }
+    }
+
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    let created = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    Ok(Snapshot {
+        settings: settings.expect("no problems means settings compiled"),
+        keys: KeyTable::new(keys, raw.auth.required),
+        providers,
+        aliases,
+        created,
+    })
+}
+
+/// The cross-reference checks that still make sense on a file that does not
+/// deserialise: every target names a provider that exists.
+pub fn references(value: &serde_json::Value) -> Vec<Problem> {
+    let providers = value.get("providers").and_then(|p| p.as_object());
+    let mut problems = Vec::new();
+    let Some(models) = value.get("models").and_then(|m| m.as_object()) else {
+        return problems;
+    };
+    for (name, model) in models {
+        let Some(targets) = model.get("targets").and_then(|t| t.as_array()) else {
+            continue;
+        };
+        for (i, t) in targets.iter().enumerate() {
+            if let Some(p) = t.get("provider").and_then(|p| p.as_str())
+                && !providers.is_some_and(|all| all.contains_key(p))
+            {
+                problems.push(Problem::new(
+                    Path::root()
+                        .key("models")
+                        .key(name.as_str())
+                        .key("targets")
+                        .index(i)
+                        .key("provider"),
+                    format!("no provider named {p:?}"),
+                ));
+            }
+        }
+    }
+    problems
+}
+
+fn settings(raw: &raw::Config, problems: &mut Vec<Problem>) -> Option<Settings> {
+    let root = Path::root();
+    let addr = |text: &str, key: &str, problems: &mut Vec<Problem>| match text.parse::<SocketAddr>()
+    {
+        Ok(a) => Some(a),
+        Err(_) => {
+            problems.push(Problem::new(
+                root.key(key),
+                format!("{text:?} is not an address like 0.0.0.0:8080 or [::1]:8080"),
+            ));
+            None
+        }
+    };
+    let listen = addr(&raw.listen, "listen", problems);
+    let admin_listen = addr(&raw.admin_listen, "admin_listen", problems);
+    if let (Some(a), Some(b)) = (listen, admin_listen)
+        && a == b
+        && a.port() != 0
+    {
+        problems.push(Problem::new(
+            root.key("admin_listen"),
+            "must differ from `listen`",
+        ));
+    }
+    let limits = root.key("limits");
+    let size = |text: &str, key: &str, problems: &mut Vec<Problem>| {
+        units::size(text)
+            .map_err(|e| problems.push(Problem::new(limits.key(key), e)))
+            .ok()
+    };
+    let max_request_body = size(&raw.limits.max_request_body, "max_request_body", problems);
+    let max_header_bytes = size(&raw.limits.max_header_bytes, "max_header_bytes", problems);
+    let max_response_body = size(&raw.limits.max_response_body, "max_response_body", problems);
+    let client_header_timeout = duration(
+        raw.timeouts.client_header.as_deref().unwrap_or("10s"),
+        &root.key("timeouts").key("client_header"),
+        problems,
+    );
+    let client_body_timeout = duration(
+        raw.timeouts.client_body.as_deref().unwrap_or("60s"),
+        &root.key("timeouts").key("client_body"),
+        problems,
+    );
+    let shutdown_grace = duration(&raw.shutdown_grace, &root.key("shutdown_grace"), problems);
+    if let Err(e) = tracing_subscriber::EnvFilter::try_new(&raw.log.level) {
+        problems.push(Problem::new(
+            root.key("log").key("level"),
+            format!("bad level: {e}"),
+        ));
+    }
+    Some(Settings {
+        listen: listen?,
+        admin_listen: admin_listen?,
+        log_level: raw.log.level.clone(),
+        log_format: raw.log.format,
+        max_request_body: max_request_body?,
+        max_header_bytes: max_header_bytes?,
+        max_response_body: max_response_body?,
+        client_header_timeout: client_header_timeout?,
+        client_body_timeout: client_body_timeout?,
+        shutdown_grace: shutdown_grace?,
+    })
+}
+
+fn duration(text: &str, path: &Path, problems: &mut Vec<Problem>) -> Option<Duration> {
+    units::duration(text)
+        .map_err(|e| problems.push(Problem::new(path.clone(), e)))
+        .ok()
+}
+
+/// The global timeouts (`base` = None) or a provider's over the global ones.
+fn timeouts(
+    raw: &raw::Timeouts,
+    base: Option<&Timeouts>,
+    path: &Path,
+    problems: &mut Vec<Problem>,
+) -> Timeouts {
+    let defaults = base.copied().unwrap_or(Timeouts {
+        connect: Duration::from_secs(5),
+        first_byte: Duration::from_secs(120),
+        stream_idle: Duration::from_secs(60),
+        total: Duration::from_secs(600),
+    });
+    let mut one = |text: &Option<String>, key: &str, default: Duration| match text {
+        None => default,
+        Some(t) => match duration(t, &path.key(key), problems) {
+            Some(d) if d.is_zero() => {
+                problems.push(Problem::new(path.key(key), "must be greater than zero"));
+                default
+            }
+            Some(d) => d,
+            None => default,
+        },
+    };
+    let t = Timeouts {
+        connect: one(&raw.connect, "connect", defaults.connect),
+        first_byte: one(&raw.first_byte, "first_byte", defaults.first_byte),
+        stream_idle: one(&raw.stream_idle, "stream_idle", defaults.stream_idle),
+        total: one(&raw.total, "total", defaults.total),
+    };
+    if base.is_some() {
+        for (key, set) in [
+            ("client_header", &raw.client_header),
+            ("client_body", &raw.client_body),
+        ] {
+            if set.is_some() {
+                problems.push(Problem::new(
+                    path.key(key),
+                    "is a server setting; set it under the top-level `timeouts`",
+                ));
+            }
+        }
+    }
+    t
+}
+
+fn keys(raw: &raw::Config, problems: &mut Vec<Problem>) -> Vec<Arc<Key>> {
+    let mut out: Vec<Arc<Key>> = Vec::with_capacity(raw.keys.len());
+    for (i, k) in raw.keys.iter().enumerate() {
+        let path = Path::root().key("keys").index(i);
+        if let Some(first) = raw.keys[..i].iter().position(|o| o.id == k.id) {
+            problems.push(Problem::new(
+                path.key("id"),
+                format!("duplicate key id {:?} (also keys[{first}])", k.id),
+            ));
+        }
+        let Some(digest) = auth::parse_digest(&k.sha256) else {
+            problems.push(Problem::new(
+                path.key("sha256"),
+                "must be the 64 hex digits that `switchyard keys new` prints",
+            ));
+            continue;
+        };
+        if let Some(other) = out.iter().find(|o| o.digest == digest) {
+            problems.push(Problem::new(
+                path.key("sha256"),
+                format!("the same key is already configured as {:?}", other.id),
+            ));
+        }
+        let models = match &k.models {
+            None => None,
+            Some(patterns) => {
+                let mut set = GlobSetBuilder::new();
+                for (j, pattern) in patterns.iter().enumerate() {
+                    match route::glob(pattern) {
+                        Ok(g) => {
+                            set.add(g);
+                        }
+                        Err(e) => problems.push(Problem::new(
+                            path.key("models").index(j),
+                            format!("bad pattern: {e}"),
+                        )),
+                    }
+                }
+                set.build().ok()
+            }
+        };
+        out.push(Arc::new(Key {
+            id: Arc::from(k.id.as_str()),
+            digest,
+            models,
+        }));
+    }
+    out
+}
+
+fn provider(
+    id: &str,
+    raw: &raw::Provider,
+    defaults: &Timeouts,
+    path: &Path,
+    shared: &Shared,
+    problems: &mut Vec<Problem>,
+) -> Option<Provider> {
+    let before = problems.len();
+    let built = adapter::build(raw, path, problems);
+    let timeouts = timeouts(
+        &raw.timeouts,
+        Some(defaults),
+        &path.key("timeouts"),
+        problems,
+    );
+
+    let style = match &raw.auth_header {
+        None => built.as_ref().map(|b| b.default_auth.clone()),
+        Some(raw::AuthHeader::Mode(m)) => match m.as_str() {
+            "bearer" => Some(AuthStyle::Bearer),
+            "x-api-key" => Some(AuthStyle::Header(HeaderName::from_static("x-api-key"))),
+            "none" => Some(AuthStyle::None),
+            other => {
+                problems.push(Problem::new(
+                    path.key("auth_header"),
+                    format!("{other:?} is not bearer, x-api-key, none or {{name: Header-Name}}"),
+                ));
+                None
+            }
+        },
+        Some(raw::AuthHeader::Custom { name }) => match HeaderName::try_from(name.as_str()) {
+            Ok(h) => Some(AuthStyle::Header(h)),
+            Err(_) => {
+                problems.push(Problem::new(
+                    path.key("auth_header").key("name"),
+                    format!("{name:?} is not a valid header name"),
+                ));
+                None
+            }
+        },
+    };
+    let api_key = raw.api_key.as_deref().filter(|k| !k.is_empty());
+    let credential = match (&style, api_key) {
+        (Some(AuthStyle::Bearer), Some(key)) => Some((
+            http::header::AUTHORIZATION,
+            sensitive(&format!("Bearer {key}")),
+        )),
+        (Some(AuthStyle::Header(name)), Some(key)) => Some((name.clone(), sensitive(key))),
+        _ => None,
+    };
+    let credential = match credential {
+        Some((name, Some(value))) => Some((name, value)),
+        Some((_, None)) => {
+            problems.push(Problem::new(
+                path.key("api_key"),
+                "contains characters that cannot be sent in a header",
+            ));
+            None
+        }
+        None => None,
+    };
+
+    let mut headers = HeaderMap::new();
+    for (name, value) in &raw.headers {
+        match (
+            HeaderName::try_from(name.as_str()),
+            HeaderValue::try_from(value.as_str()),
+        ) {
+            (Ok(n), Ok(v)) => {
+                headers.insert(n, v);
+            }
+            _ => problems.push(Problem::new(
+                path.key("headers").key(name.as_str()),
+                "not a valid header name and value",
+            )),
+        }
+    }
+
+    let built = built?;
+    if problems.len() != before {
+        return None;
+    }
+    let id: Arc<str> = Arc::from(id);
+    let (transport, pool) = match built.demo {
+        Some(backend) => (Transport::Demo(Arc::new(backend)), None),
+        None => {
+            let key = PoolKey {
+                provider: id.clone(),
+                connect: timeouts.connect,
+            };
+            let client = Box::new(shared.pools.client(key.clone()));
+            (Transport::Http(client), Some(key))
+        }
+    };
+    Some(Provider {
+        id,
+        kind: raw.kind.clone(),
+        adapter: built.adapter,
+        transport,
+        credential,
+        api_key: api_key.map(Secret::new),
+        headers,
+        timeouts,
+        pool,
+    })
+}
+
+fn sensitive(value: &str) -> Option<HeaderValue> {
+    let mut v = HeaderValue::try_from(value).ok()?;
+    v.set_sensitive(true);
+    Some(v)
+}

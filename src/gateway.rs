@@ -1,0 +1,514 @@
+//! The public request path, read top to bottom.
+//!
+//! Phases of one request, in order (each returns early with an [`Error`]):
+//! 1. **observe** – take or make the request id, load the config snapshot
+//!    once; every later phase uses that snapshot.
+//! 2. **match** – method and path → [`Endpoint`] (404 / 405).
+//! 3. **hygiene** – header size (431).
+//! 4. **authenticate** – gateway key → [`Caller`] (401).
+//! 5. **read** – the body, up to `limits.max_request_body` (413), within
+//!    `timeouts.client_body` (408).
+//! 6. **parse** – the zero-copy [`RequestView`] (400).
+//! 7. **route** – model → alias (404), key allow-list (403), endpoint support (400).
+//! 8. **dispatch** – target choice, adapter, upstream call (502 / 504 / backend 4xx).
+//! 9. **rescue** – an error becomes its OpenAI-shaped response; every response
+//!    gets `x-request-id`, and its body is wrapped in [`Observed`], which writes
+//!    the access log line and the request metrics when the last byte is sent.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body::{Body as HttpBody, Frame};
+use http_body_util::{BodyExt, Limited};
+use tokio::time::Instant;
+
+use crate::auth::Caller;
+use crate::body::Body;
+use crate::call::Call;
+use crate::dispatch::{self, Served};
+use crate::error::{Error, Kind};
+use crate::metrics::Metrics;
+use crate::openai::{Endpoint, ModelList, ModelObject, RequestView, json_string};
+use crate::registry::{Registry, Snapshot};
+use crate::upstream::BoxError;
+
+/// Everything the request path shares.
+pub struct State {
+    pub registry: Registry,
+    pub metrics: Metrics,
+    /// Set when shutdown begins; `/readyz` turns false.
+    pub draining: AtomicBool,
+}
+
+/// The public service.
+#[derive(Clone)]
+pub struct Gateway {
+    state: Arc<State>,
+}
+
+impl Gateway {
+    pub fn new(state: Arc<State>) -> Self {
+        Gateway { state }
+    }
+}
+
+impl<B> tower::Service<Request<B>> for Gateway
+where
+    B: HttpBody<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<Observed>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Observed>, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        Box::pin(serve(self.state.clone(), request))
+    }
+}
+
+async fn serve<B>(state: Arc<State>, request: Request<B>) -> Result<Response<Observed>, Infallible>
+where
+    B: HttpBody<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    // 1. observe
+    let started = Instant::now();
+    let request_id = request_id(request.headers());
+    let snapshot = state.registry.load();
+    let mut record = Record::new(request_id.clone(), started);
+
+    let mut response = match handle(&state, snapshot, request, &mut record).await {
+        Ok(response) => response,
+        // 9. rescue
+        Err(error) => {
+            record.error = Some(error.message.to_string());
+            error.into_response()
+        }
+    };
+    response.headers_mut().insert("x-request-id", request_id);
+    record.status = response.status();
+    if let Some(served) = response.extensions_mut().remove::<Served>() {
+        record.provider = Some(served.provider);
+        record.backend_model = Some(served.model);
+        record.usage = served.usage;
+    }
+    Ok(response.map(|body| Observed::new(body, record, state)))
+}
+
+async fn handle<B>(
+    state: &State,
+    snapshot: Arc<Snapshot>,
+    request: Request<B>,
+    record: &mut Record,
+) -> Result<Response<Body>, Error>
+where
+    B: HttpBody<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    // 2. match
+    let endpoint = endpoint(request.method(), request.uri().path())?;
+    record.endpoint = Some(endpoint);
+
+    // 3. hygiene
+    let settings = &snapshot.settings;
+    let header_bytes: usize = request
+        .headers()
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + 4)
+        .sum();
+    if header_bytes as u64 > settings.max_header_bytes {
+        return Err(Error::new(
+            Kind::HeadersTooLarge,
+            format!(
+                "request headers are {header_bytes} bytes; the limit is {}",
+                settings.max_header_bytes
+            ),
+        ));
+    }
+
+    // 4. authenticate
+    let caller = snapshot.keys.authenticate(request.headers())?;
+    record.key = Some(caller.clone());
+
+    if endpoint == Endpoint::Models {
+        return models(&snapshot, &caller, request.uri().path());
+    }
+
+    // 5. read
+    let (head, body) = request.into_parts();
+    let body = read_body(
+        body,
+        &head.headers,
+        settings.max_request_body,
+        settings.client_body_timeout,
+    )
+    .await?;
+
+    // 6. parse
+    let view = RequestView::parse(endpoint, &body)?;
+    record.stream = view.stream;
+
+    // 7. route
+    let route = snapshot.aliases.resolve(&view.model).ok_or_else(|| {
+        Error::new(
+            Kind::ModelNotFound,
+            format!(
+                "The model `{}` does not exist or you do not have access to it.",
+                view.model
+            ),
+        )
+        .with_param("model")
+    })?;
+    record.model = Some(route.alias.name.clone());
+    if !caller.may_use(&route.alias.name) {
+        return Err(Error::new(
+            Kind::ModelNotAllowed,
+            format!("this key may not use the model `{}`", view.model),
+        )
+        .with_param("model"));
+    }
+    if !route
+        .alias
+        .targets
+        .iter()
+        .any(|t| t.provider.adapter.supports(endpoint))
+    {
+        return Err(Error::invalid_param(
+            "model",
+            format!(
+                "the model `{}` does not serve /v1{}",
+                view.model,
+                endpoint.path()
+            ),
+        ));
+    }
+
+    // 8. dispatch
+    let call = Call {
+        model_json: json_string(&view.model),
+        snapshot,
+        request_id: record.request_id.clone(),
+        endpoint,
+        caller,
+        body,
+        view,
+        route,
+        started: record.started,
+    };
+    dispatch::dispatch(&call, &state.metrics).await
+}
+
+/// The endpoint for a method and path.
+fn endpoint(method: &Method, path: &str) -> Result<Endpoint, Error> {
+    let (endpoint, allowed) = match path.trim_end_matches('/') {
+        "/v1/chat/completions" => (Endpoint::Chat, Method::POST),
+        "/v1/completions" => (Endpoint::Completions, Method::POST),
+        "/v1/embeddings" => (Endpoint::Embeddings, Method::POST),
+        "/v1/models" => (Endpoint::Models, Method::GET),
+        p if p.starts_with("/v1/models/") => (Endpoint::Models, Method::GET),
+        _ => {
+            return Err(Error::new(
+                Kind::UnknownPath,
+                format!("Invalid URL ({method} {path})"),
+            ));
+        }
+    };
+    if *method != allowed {
+        let mut e = Error::new(
+            Kind::MethodNotAllowed,
+            format!("{path} accepts {allowed}, not {method}"),
+        );
+        let allow = if allowed == Method::GET {
+            "GET"
+        } else {
+            "POST"
+        };
+        e.headers
+            .push((header::ALLOW, HeaderValue::from_static(allow)));
+        return Err(e);
+    }
+    Ok(endpoint)
+}
+
+/// `GET /v1/models` and `GET /v1/models/{id}`.
+fn models(snapshot: &Snapshot, caller: &Caller, path: &str) -> Result<Response<Body>, Error> {
+    let object = |id| ModelObject {
+        id,
+        object: "model",
+        created: snapshot.created,
+        owned_by: "switchyard",
+    };
+    let body = match path.trim_end_matches('/').strip_prefix("/v1/models/") {
+        None => serde_json::to_vec(&ModelList {
+            object: "list",
+            data: snapshot
+                .aliases
+                .all
+                .iter()
+                .filter(|a| caller.may_use(&a.name))
+                .map(|a| object(&a.name))
+                .collect(),
+        }),
+        Some(id) => {
+            let allowed = snapshot
+                .aliases
+                .resolve(id)
+                .is_some_and(|r| caller.may_use(&r.alias.name));
+            if !allowed {
+                return Err(Error::new(
+                    Kind::ModelNotFound,
+                    format!("The model `{id}` does not exist or you do not have access to it."),
+                ));
+            }
+            serde_json::to_vec(&object(id))
+        }
+    }
+    .map_err(|e| Error::internal(e.to_string()))?;
+    let mut response = Response::new(Body::full(body));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Ok(response)
+}
+
+/// Reads the whole request body, refusing early what is too large.
+async fn read_body<B>(
+    body: B,
+    headers: &HeaderMap,
+    limit: u64,
+    within: Duration,
+) -> Result<Bytes, Error>
+where
+    B: HttpBody<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let too_large = || {
+        let mut e = Error::new(
+            Kind::TooLarge,
+            format!("the request body is larger than the limit of {limit} bytes"),
+        );
+        e.headers
+            .push((header::CONNECTION, HeaderValue::from_static("close")));
+        e
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(too_large());
+    }
+    let limited = Limited::new(body, limit as usize);
+    match tokio::time::timeout(within, limited.collect()).await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Ok(Err(e)) => Err(Error::invalid(format!(
+            "the request body could not be read: {e}"
+        ))),
+        Err(_) => {
+            let mut e = Error::new(
+                Kind::ClientTimeout,
+                format!(
+                    "the request body did not arrive within {}",
+                    humantime::format_duration(within)
+                ),
+            );
+            e.headers
+                .push((header::CONNECTION, HeaderValue::from_static("close")));
+            Err(e)
+        }
+    }
+}
+
+/// The client's `x-request-id` when it is sane, else a fresh one.
+fn request_id(headers: &HeaderMap) -> HeaderValue {
+    if let Some(v) = headers.get("x-request-id") {
+        let b = v.as_bytes();
+        if !b.is_empty() && b.len() <= 128 && b.iter().all(u8::is_ascii_graphic) {
+            return v.clone();
+        }
+    }
+    let id = format!("{:032x}", fastrand::u128(..));
+    HeaderValue::try_from(id).unwrap_or(HeaderValue::from_static("0"))
+}
+
+/// What the access log line and the request metrics need.
+struct Record {
+    request_id: HeaderValue,
+    started: Instant,
+    endpoint: Option<Endpoint>,
+    key: Option<Caller>,
+    model: Option<Arc<str>>,
+    provider: Option<Arc<str>>,
+    backend_model: Option<Arc<str>>,
+    stream: bool,
+    status: StatusCode,
+    usage: Option<crate::openai::Usage>,
+    error: Option<String>,
+    first_byte: Option<Duration>,
+}
+
+impl Record {
+    fn new(request_id: HeaderValue, started: Instant) -> Self {
+        Record {
+            request_id,
+            started,
+            endpoint: None,
+            key: None,
+            model: None,
+            provider: None,
+            backend_model: None,
+            stream: false,
+            status: StatusCode::OK,
+            usage: None,
+            error: None,
+            first_byte: None,
+        }
+    }
+
+    fn finish(
+        mut self,
+        metrics: &Metrics,
+        outcome: Option<crate::stream::StreamOutcome>,
+        completed: bool,
+    ) {
+        let elapsed = self.started.elapsed();
+        if let Some(o) = outcome {
+            self.usage = o.usage.or(self.usage);
+            if o.error.is_some() {
+                self.error = o.error;
+            }
+        }
+        let endpoint = self.endpoint.map_or("unknown", Endpoint::label);
+        let model = self.model.as_deref().unwrap_or("unknown");
+        let provider = self.provider.as_deref().unwrap_or("none");
+        let key = self.key.as_ref().map_or("anonymous", Caller::label);
+        let status = if self.status == StatusCode::OK && self.error.is_some() {
+            "stream_error"
+        } else {
+            self.status.as_str()
+        };
+        metrics
+            .requests
+            .with_label_values(&[endpoint, model, provider, key, status])
+            .inc();
+        metrics
+            .request_duration
+            .with_label_values(&[endpoint, model, provider])
+            .observe(elapsed.as_secs_f64());
+        if let (Some(ttft), Some(_)) = (self.first_byte, self.provider.as_ref()) {
+            metrics
+                .time_to_first_token
+                .with_label_values(&[model, provider])
+                .observe(ttft.as_secs_f64());
+        }
+        if let (Some(u), Some(_)) = (self.usage, self.provider.as_ref()) {
+            metrics
+                .tokens
+                .with_label_values(&[model, provider, key, "prompt"])
+                .inc_by(u.prompt_tokens);
+            metrics
+                .tokens
+                .with_label_values(&[model, provider, key, "completion"])
+                .inc_by(u.completion_tokens);
+        }
+        tracing::info!(
+            target: "switchyard::access",
+            request_id = self.request_id.to_str().unwrap_or(""),
+            endpoint,
+            key,
+            model,
+            provider,
+            backend_model = self.backend_model.as_deref().unwrap_or(""),
+            status = self.status.as_u16(),
+            stream = self.stream,
+            completed,
+            latency_ms = elapsed.as_secs_f64() * 1000.0,
+            ttft_ms = self.first_byte.map(|d| d.as_secs_f64() * 1000.0),
+            prompt_tokens = self.usage.map(|u| u.prompt_tokens),
+            completion_tokens = self.usage.map(|u| u.completion_tokens),
+            error = self.error.as_deref(),
+            "request"
+        );
+    }
+}
+
+/// A response body that records the request when its last byte is sent, or
+/// when the client goes away first.
+pub struct Observed {
+    body: Body,
+    record: Option<Record>,
+    state: Arc<State>,
+}
+
+impl Observed {
+    fn new(body: Body, record: Record, state: Arc<State>) -> Self {
+        Observed {
+            body,
+            record: Some(record),
+            state,
+        }
+    }
+
+    fn finish(&mut self, completed: bool) {
+        if let Some(record) = self.record.take() {
+            record.finish(&self.state.metrics, self.body.stream_outcome(), completed);
+        }
+    }
+}
+
+impl HttpBody for Observed {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.body).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(_)) => {
+                if let Some(r) = this.record.as_mut() {
+                    r.first_byte.get_or_insert_with(|| r.started.elapsed());
+                }
+            }
+            Poll::Ready(None) => this.finish(true),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl Drop for Observed {
+    fn drop(&mut self) {
+        let completed = self.body.is_end_stream();
+        self.finish(completed);
+    }
+}
+
+impl State {
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+}

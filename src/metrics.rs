@@ -1,0 +1,144 @@
+//! Every metric the gateway exports, in one place.
+//!
+//! Label values come only from the config (alias, provider and key names) or
+//! from small fixed sets, so no request can grow the number of series.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// Whole requests: 5 ms to 10 min.
+const DURATION_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+];
+/// Time to first token: 5 ms to 60 s.
+const TTFT_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0,
+];
+
+pub struct Metrics {
+    registry: Registry,
+    pub requests: IntCounterVec,
+    pub request_duration: HistogramVec,
+    pub time_to_first_token: HistogramVec,
+    pub upstream_duration: HistogramVec,
+    pub tokens: IntCounterVec,
+    pub inflight: IntGaugeVec,
+    pub config_reloads: IntCounterVec,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "switchyard_requests_total",
+                "Requests answered, by endpoint, alias, provider, key and status.",
+            ),
+            &["endpoint", "model", "provider", "key", "status"],
+        )
+        .expect("valid metric");
+        let request_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "switchyard_request_duration_seconds",
+                "Time from request arrival to the last byte of the response.",
+            )
+            .buckets(DURATION_BUCKETS.to_vec()),
+            &["endpoint", "model", "provider"],
+        )
+        .expect("valid metric");
+        let time_to_first_token = HistogramVec::new(
+            HistogramOpts::new(
+                "switchyard_time_to_first_token_seconds",
+                "Time from request arrival to the first body byte sent to the client.",
+            )
+            .buckets(TTFT_BUCKETS.to_vec()),
+            &["model", "provider"],
+        )
+        .expect("valid metric");
+        let upstream_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "switchyard_upstream_duration_seconds",
+                "Time from sending an attempt to its response head, by provider and status.",
+            )
+            .buckets(DURATION_BUCKETS.to_vec()),
+            &["provider", "status"],
+        )
+        .expect("valid metric");
+        let tokens = IntCounterVec::new(
+            Opts::new("switchyard_tokens_total", "Tokens reported by backends."),
+            &["model", "provider", "key", "kind"],
+        )
+        .expect("valid metric");
+        let inflight = IntGaugeVec::new(
+            Opts::new(
+                "switchyard_inflight_requests",
+                "Requests being served by each provider.",
+            ),
+            &["provider"],
+        )
+        .expect("valid metric");
+        let config_reloads = IntCounterVec::new(
+            Opts::new(
+                "switchyard_config_reloads_total",
+                "Config reload attempts, by result.",
+            ),
+            &["result"],
+        )
+        .expect("valid metric");
+        for c in [
+            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(request_duration.clone()),
+            Box::new(time_to_first_token.clone()),
+            Box::new(upstream_duration.clone()),
+            Box::new(tokens.clone()),
+            Box::new(inflight.clone()),
+            Box::new(config_reloads.clone()),
+        ] {
+            registry.register(c).expect("metric names are unique");
+        }
+        // Both results exist from the start, so rate() and alerts see zero, not absence.
+        config_reloads.with_label_values(&["ok"]);
+        config_reloads.with_label_values(&["rejected"]);
+        Metrics {
+            registry,
+            requests,
+            request_duration,
+            time_to_first_token,
+            upstream_duration,
+            tokens,
+            inflight,
+            config_reloads,
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16 * 1024);
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+/// Keeps a provider's in-flight gauge up while alive.
+pub struct Inflight(prometheus::IntGauge);
+
+impl Inflight {
+    pub fn enter(metrics: &Metrics, provider: &str) -> Self {
+        let gauge = metrics.inflight.with_label_values(&[provider]);
+        gauge.inc();
+        Inflight(gauge)
+    }
+}
+
+impl Drop for Inflight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}

@@ -1,0 +1,396 @@
+//! The client-facing dialect: endpoints, the zero-copy view of a request
+//! body, usage, and the bytes of server-sent events.
+//!
+//! A request body is never parsed into a closed struct: [`RequestView`] reads
+//! only the fields the gateway needs and records where `model` sits, so a
+//! passthrough can rewrite it and leave every other byte as the client sent it.
+
+use std::ops::Range;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::error::{Error, ErrorObject, Kind};
+
+/// The public endpoints. The label is the `endpoint` metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Endpoint {
+    Chat,
+    Completions,
+    Embeddings,
+    Models,
+}
+
+impl Endpoint {
+    pub fn label(self) -> &'static str {
+        match self {
+            Endpoint::Chat => "chat",
+            Endpoint::Completions => "completions",
+            Endpoint::Embeddings => "embeddings",
+            Endpoint::Models => "models",
+        }
+    }
+
+    /// Path below the API root, as OpenAI-compatible servers spell it.
+    pub fn path(self) -> &'static str {
+        match self {
+            Endpoint::Chat => "/chat/completions",
+            Endpoint::Completions => "/completions",
+            Endpoint::Embeddings => "/embeddings",
+            Endpoint::Models => "/models",
+        }
+    }
+}
+
+/// What the gateway reads from a request body, with byte spans into it.
+#[derive(Debug, Clone)]
+pub struct RequestView {
+    /// The model the client asked for.
+    pub model: Box<str>,
+    /// Where the `model` value (quotes included) sits in the body.
+    pub model_span: Range<usize>,
+    pub stream: bool,
+    /// `stream_options.include_usage` as the client sent it.
+    pub include_usage: bool,
+    /// Where the `stream_options` value sits, if present.
+    pub stream_options_span: Option<Range<usize>>,
+    /// `max_completion_tokens`, else `max_tokens`.
+    pub max_tokens: Option<u64>,
+    /// Size of the prompt (`messages`, `prompt` or `input`) in bytes.
+    pub prompt_bytes: usize,
+}
+
+#[derive(Deserialize)]
+struct Wire<'a> {
+    #[serde(borrow, default)]
+    model: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    stream: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    stream_options: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    messages: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    prompt: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    input: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    max_tokens: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    max_completion_tokens: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct MessagePeek<'a> {
+    #[serde(borrow)]
+    #[allow(dead_code)]
+    role: std::borrow::Cow<'a, str>,
+}
+
+#[derive(Deserialize)]
+struct StreamOptions {
+    #[serde(default)]
+    include_usage: Option<bool>,
+}
+
+impl RequestView {
+    /// Reads the view of a body for `endpoint`; every problem is a 400 naming the field.
+    pub fn parse(endpoint: Endpoint, body: &[u8]) -> Result<RequestView, Error> {
+        if body.iter().all(u8::is_ascii_whitespace) {
+            return Err(Error::invalid(
+                "the request body is empty; send a JSON object",
+            ));
+        }
+        if body.trim_ascii_start().first() != Some(&b'{') {
+            return Err(Error::invalid("the request body must be a JSON object"));
+        }
+        let wire: Wire<'_> = serde_json::from_slice(body).map_err(|e| match e.classify() {
+            serde_json::error::Category::Data => {
+                Error::invalid(format!("invalid request body: {e}"))
+            }
+            _ => Error::invalid(format!("the request body is not valid JSON: {e}")),
+        })?;
+
+        let raw_model = wire
+            .model
+            .ok_or_else(|| Error::invalid_param("model", "you must provide a model parameter"))?;
+        let model: String = serde_json::from_str(raw_model.get())
+            .map_err(|_| Error::invalid_param("model", "`model` must be a string"))?;
+        if model.is_empty() {
+            return Err(Error::invalid_param("model", "`model` must not be empty"));
+        }
+
+        let stream = match wire.stream {
+            None => false,
+            Some(raw) => match raw.get() {
+                "true" => true,
+                "false" | "null" => false,
+                _ => return Err(Error::invalid_param("stream", "`stream` must be a boolean")),
+            },
+        };
+        let include_usage = match wire.stream_options {
+            None => false,
+            Some(raw) => serde_json::from_str::<StreamOptions>(raw.get())
+                .map_err(|_| {
+                    Error::invalid_param(
+                        "stream_options",
+                        "`stream_options` must be an object with a boolean `include_usage`",
+                    )
+                })?
+                .include_usage
+                .unwrap_or(false),
+        };
+        let max_tokens = match wire.max_completion_tokens.or(wire.max_tokens) {
+            None => None,
+            Some(raw) => Some(raw.get().parse::<u64>().map_err(|_| {
+                let name = if wire.max_completion_tokens.is_some() {
+                    "max_completion_tokens"
+                } else {
+                    "max_tokens"
+                };
+                Error::invalid_param(name, format!("`{name}` must be a non-negative integer"))
+            })?),
+        };
+
+        let prompt = match endpoint {
+            Endpoint::Chat => {
+                let raw = wire.messages.ok_or_else(|| {
+                    Error::invalid_param("messages", "you must provide a `messages` array")
+                })?;
+                let peek: Vec<MessagePeek<'_>> = serde_json::from_str(raw.get()).map_err(|_| {
+                    Error::invalid_param(
+                        "messages",
+                        "`messages` must be an array of message objects, each with a string `role`",
+                    )
+                })?;
+                if peek.is_empty() {
+                    return Err(Error::invalid_param(
+                        "messages",
+                        "`messages` must contain at least one message",
+                    ));
+                }
+                raw
+            }
+            Endpoint::Completions => {
+                let raw = wire
+                    .prompt
+                    .ok_or_else(|| Error::invalid_param("prompt", "you must provide a `prompt`"))?;
+                if !matches!(raw.get().as_bytes()[0], b'"' | b'[') {
+                    return Err(Error::invalid_param(
+                        "prompt",
+                        "`prompt` must be a string or an array",
+                    ));
+                }
+                raw
+            }
+            Endpoint::Embeddings => {
+                let raw = wire
+                    .input
+                    .ok_or_else(|| Error::invalid_param("input", "you must provide an `input`"))?;
+                if !matches!(raw.get().as_bytes()[0], b'"' | b'[')
+                    || matches!(raw.get(), "\"\"" | "[]")
+                {
+                    return Err(Error::invalid_param(
+                        "input",
+                        "`input` must be a non-empty string or array",
+                    ));
+                }
+                raw
+            }
+            Endpoint::Models => return Err(Error::internal("models has no request body")),
+        };
+
+        Ok(RequestView {
+            model: model.into_boxed_str(),
+            model_span: span_of(body, raw_model),
+            stream,
+            include_usage,
+            stream_options_span: wire.stream_options.map(|raw| span_of(body, raw)),
+            max_tokens,
+            prompt_bytes: prompt.get().len(),
+        })
+    }
+}
+
+/// Where a borrowed raw value sits inside the buffer it was parsed from.
+pub fn span_of(buffer: &[u8], raw: &RawValue) -> Range<usize> {
+    let start = raw.get().as_ptr() as usize - buffer.as_ptr() as usize;
+    start..start + raw.get().len()
+}
+
+/// `body` with `span` replaced by `replacement`, in one allocation.
+pub fn splice(body: &[u8], span: Range<usize>, replacement: &[u8]) -> Bytes {
+    let mut out = BytesMut::with_capacity(body.len() - span.len() + replacement.len());
+    out.put_slice(&body[..span.start]);
+    out.put_slice(replacement);
+    out.put_slice(&body[span.end..]);
+    out.freeze()
+}
+
+/// A JSON string literal for `s`.
+pub fn json_string(s: &str) -> Bytes {
+    Bytes::from(serde_json::to_vec(s).unwrap_or_default())
+}
+
+/// Token counts in OpenAI's shape.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    #[serde(default)]
+    pub prompt_tokens: u64,
+    #[serde(default)]
+    pub completion_tokens: u64,
+    #[serde(default)]
+    pub total_tokens: u64,
+}
+
+impl Usage {
+    pub fn new(prompt_tokens: u64, completion_tokens: u64) -> Self {
+        Usage {
+            prompt_tokens,
+            completion_tokens,
+            total_tokens: prompt_tokens + completion_tokens,
+        }
+    }
+}
+
+// === server-sent events ===
+
+pub const SSE_DONE: &[u8] = b"data: [DONE]\n\n";
+
+/// Appends `data: <json>\n\n`.
+pub fn write_event(out: &mut BytesMut, json: &[u8]) {
+    out.reserve(json.len() + 8);
+    out.put_slice(b"data: ");
+    out.put_slice(json);
+    out.put_slice(b"\n\n");
+}
+
+/// Appends the in-band error event and `[DONE]` that end a failed stream.
+pub fn write_error_event(out: &mut BytesMut, kind: Kind, message: &str) {
+    #[derive(Serialize)]
+    struct Event<'a> {
+        error: ErrorObject<'a>,
+    }
+    let event = Event {
+        error: ErrorObject {
+            message,
+            r#type: kind.error_type(),
+            param: None,
+            code: kind.default_code(),
+        },
+    };
+    let json = serde_json::to_vec(&event).unwrap_or_default();
+    write_event(out, &json);
+    out.put_slice(SSE_DONE);
+}
+
+// === /v1/models ===
+
+#[derive(Serialize)]
+pub struct ModelList<'a> {
+    pub object: &'static str,
+    pub data: Vec<ModelObject<'a>>,
+}
+
+#[derive(Serialize)]
+pub struct ModelObject<'a> {
+    pub id: &'a str,
+    pub object: &'static str,
+    pub created: u64,
+    pub owned_by: &'a str,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(endpoint: Endpoint, body: &str) -> Result<RequestView, Error> {
+        RequestView::parse(endpoint, body.as_bytes())
+    }
+
+    #[test]
+    fn reads_the_fields_and_the_model_span() {
+        let body = r#"{"messages":[{"role":"user","content":"hi"}],"model": "chat-default","stream":true,"guided_json":{"a":1}}"#;
+        let v = parse(Endpoint::Chat, body).unwrap();
+        assert_eq!(&*v.model, "chat-default");
+        assert_eq!(&body[v.model_span.clone()], "\"chat-default\"");
+        assert!(v.stream);
+        let rewritten = splice(body.as_bytes(), v.model_span, &json_string("llama-3"));
+        let value: serde_json::Value = serde_json::from_slice(&rewritten).unwrap();
+        assert_eq!(value["model"], "llama-3");
+        assert_eq!(value["guided_json"]["a"], 1);
+    }
+
+    #[test]
+    fn escaped_model_names_decode() {
+        let v = parse(
+            Endpoint::Chat,
+            r#"{"model":"a\/b\u0041","messages":[{"role":"user"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(&*v.model, "a/bA");
+    }
+
+    #[test]
+    fn bad_bodies_name_the_field() {
+        let cases: &[(&str, Option<&str>)] = &[
+            ("", None),
+            ("{", None),
+            ("[1]", None),
+            (r#"{"messages":[{"role":"user"}]}"#, Some("model")),
+            (r#"{"model":5,"messages":[{"role":"user"}]}"#, Some("model")),
+            (r#"{"model":"m"}"#, Some("messages")),
+            (r#"{"model":"m","messages":[]}"#, Some("messages")),
+            (r#"{"model":"m","messages":"hi"}"#, Some("messages")),
+            (
+                r#"{"model":"m","messages":[{"content":"x"}]}"#,
+                Some("messages"),
+            ),
+            (
+                r#"{"model":"m","messages":[{"role":"user"}],"stream":"yes"}"#,
+                Some("stream"),
+            ),
+            (
+                r#"{"model":"m","messages":[{"role":"user"}],"max_tokens":-1}"#,
+                Some("max_tokens"),
+            ),
+            (
+                r#"{"model":"m","messages":[{"role":"user"}]} trailing"#,
+                None,
+            ),
+            (
+                r#"{"model":"m","model":"n","messages":[{"role":"user"}]}"#,
+                None,
+            ),
+        ];
+        for (body, param) in cases {
+            let e = parse(Endpoint::Chat, body).unwrap_err();
+            assert_eq!(e.kind, Kind::InvalidRequest, "{body}");
+            assert_eq!(e.param.as_deref(), *param, "{body}: {}", e.message);
+        }
+        assert!(parse(Endpoint::Embeddings, r#"{"model":"m","input":""}"#).is_err());
+        assert!(parse(Endpoint::Completions, r#"{"model":"m","prompt":5}"#).is_err());
+        assert!(RequestView::parse(Endpoint::Chat, b"{\"model\":\"\xff\"}").is_err());
+    }
+
+    #[test]
+    fn usage_flags() {
+        let v = parse(
+            Endpoint::Chat,
+            r#"{"model":"m","messages":[{"role":"user"}],"stream":true,"stream_options":{"include_usage":true},"max_completion_tokens":7,"max_tokens":3}"#,
+        )
+        .unwrap();
+        assert!(v.include_usage);
+        assert_eq!(v.max_tokens, Some(7));
+    }
+
+    #[test]
+    fn error_events_end_with_done() {
+        let mut out = BytesMut::new();
+        write_error_event(&mut out, Kind::Upstream, "backend went away");
+        let text = std::str::from_utf8(&out).unwrap();
+        assert!(text.starts_with("data: {\"error\":{\"message\":\"backend went away\""));
+        assert!(text.ends_with("data: [DONE]\n\n"));
+    }
+}

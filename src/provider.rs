@@ -1,0 +1,27 @@
+//! A provider as the request path sees it: an adapter, a transport, a credential.
+
+use std::sync::Arc;
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+
+use crate::adapter::Adapter;
+use crate::secret::Secret;
+use crate::upstream::{PoolKey, Timeouts, Transport};
+
+#[derive(Debug)]
+pub struct Provider {
+    /// The name in the config; the `provider` metric label.
+    pub id: Arc<str>,
+    pub kind: String,
+    pub adapter: Box<dyn Adapter>,
+    pub transport: Transport,
+    /// The header that carries the provider key, marked sensitive.
+    pub credential: Option<(HeaderName, HeaderValue)>,
+    /// The provider key, kept to scrub it from anything a backend says back.
+    pub api_key: Option<Secret>,
+    /// Static headers from the config, sent with every request.
+    pub headers: HeaderMap,
+    pub timeouts: Timeouts,
+    /// The pool this provider's HTTP client lives in, if it talks HTTP.
+    pub pool: Option<PoolKey>,
+}

@@ -1,0 +1,89 @@
+//! The compiled config behind one `ArcSwap`, and the state that outlives it.
+//!
+//! A [`Snapshot`] holds the config together with everything derived from it
+//! (keys, aliases, adapters). A request loads it once and carries it along,
+//! so a reload never changes a request half-way. Connection pools live in
+//! [`Shared`], keyed by stable ids, so a reload resets nothing it did not change.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use indexmap::IndexMap;
+
+use crate::auth::KeyTable;
+use crate::config::raw::LogFormat;
+use crate::provider::Provider;
+use crate::route::Aliases;
+use crate::upstream::Pools;
+
+/// Settings of the process and of every request.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub log_level: String,
+    pub log_format: LogFormat,
+    pub max_request_body: u64,
+    pub max_header_bytes: u64,
+    pub max_response_body: u64,
+    pub client_header_timeout: Duration,
+    pub client_body_timeout: Duration,
+    pub shutdown_grace: Duration,
+}
+
+/// One compiled config. Immutable.
+#[derive(Debug)]
+pub struct Snapshot {
+    pub settings: Settings,
+    pub keys: KeyTable,
+    pub providers: IndexMap<Arc<str>, Arc<Provider>>,
+    pub aliases: Aliases,
+    /// When it was compiled (Unix seconds): the `created` of `/v1/models`.
+    pub created: u64,
+}
+
+/// State that outlives snapshots.
+#[derive(Default)]
+pub struct Shared {
+    pub pools: Pools,
+}
+
+/// The current snapshot.
+pub struct Registry {
+    current: ArcSwap<Snapshot>,
+    pub shared: Arc<Shared>,
+}
+
+impl Registry {
+    pub fn new(first: Snapshot, shared: Arc<Shared>) -> Self {
+        let registry = Registry {
+            current: ArcSwap::from_pointee(first),
+            shared,
+        };
+        registry.prune();
+        registry
+    }
+
+    /// The snapshot a new request runs on.
+    pub fn load(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
+    /// Swaps in a new snapshot; requests in flight keep the old one.
+    pub fn install(&self, next: Snapshot) {
+        self.current.store(Arc::new(next));
+        self.prune();
+    }
+
+    fn prune(&self) {
+        let snapshot = self.current.load();
+        let keep: Vec<_> = snapshot
+            .providers
+            .values()
+            .filter_map(|p| p.pool.clone())
+            .collect();
+        self.shared.pools.retain(&keep);
+    }
+}

@@ -1,0 +1,122 @@
+//! Model resolution: the name a client sends → an alias and its targets.
+//!
+//! Exact aliases win; otherwise wildcard aliases are tried in file order.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use globset::GlobMatcher;
+
+use crate::provider::Provider;
+
+/// One place a request for an alias can go.
+#[derive(Debug)]
+pub struct Target {
+    pub provider: Arc<Provider>,
+    /// The backend's model name; `None` means "what the client asked for"
+    /// (for a wildcard, the part the `*` matched).
+    pub model: Option<Arc<str>>,
+    pub weight: u32,
+}
+
+/// A name clients may send as `model`, or a wildcard pattern of names.
+#[derive(Debug)]
+pub struct Alias {
+    /// The alias as written in the config; the `model` metric label.
+    pub name: Arc<str>,
+    pub targets: Vec<Target>,
+    pub wildcard: bool,
+}
+
+#[derive(Debug)]
+struct Wildcard {
+    matcher: GlobMatcher,
+    /// For `prefix*suffix` patterns, what surrounds the one `*`.
+    affixes: Option<(String, String)>,
+    alias: Arc<Alias>,
+}
+
+/// Every alias of a snapshot.
+#[derive(Debug, Default)]
+pub struct Aliases {
+    exact: HashMap<Arc<str>, Arc<Alias>>,
+    wildcards: Vec<Wildcard>,
+    /// In file order, for listings.
+    pub all: Vec<Arc<Alias>>,
+}
+
+/// A resolved model name.
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub alias: Arc<Alias>,
+    /// The backend model name for targets that do not name one.
+    pub default_model: Arc<str>,
+}
+
+impl Route {
+    /// The backend model a target should be sent.
+    pub fn model_for<'a>(&'a self, target: &'a Target) -> &'a str {
+        target.model.as_deref().unwrap_or(&self.default_model)
+    }
+}
+
+impl Aliases {
+    pub fn insert_exact(&mut self, alias: Arc<Alias>) {
+        self.exact.insert(alias.name.clone(), alias.clone());
+        self.all.push(alias);
+    }
+
+    pub fn insert_wildcard(&mut self, matcher: GlobMatcher, alias: Arc<Alias>) {
+        let pattern = alias.name.as_ref();
+        let affixes = match pattern.split_once('*') {
+            Some((pre, post))
+                if !post.contains('*') && !pattern.contains(['?', '[', ']', '{', '}', '\\']) =>
+            {
+                Some((pre.to_owned(), post.to_owned()))
+            }
+            _ => None,
+        };
+        self.wildcards.push(Wildcard {
+            matcher,
+            affixes,
+            alias: alias.clone(),
+        });
+        self.all.push(alias);
+    }
+
+    pub fn get_exact(&self, name: &str) -> Option<&Arc<Alias>> {
+        self.exact.get(name)
+    }
+
+    /// Resolves a client's model name.
+    pub fn resolve(&self, model: &str) -> Option<Route> {
+        if let Some(alias) = self.exact.get(model) {
+            return Some(Route {
+                alias: alias.clone(),
+                default_model: alias.name.clone(),
+            });
+        }
+        let w = self.wildcards.iter().find(|w| w.matcher.is_match(model))?;
+        let captured = match &w.affixes {
+            Some((pre, post)) => &model[pre.len()..model.len() - post.len()],
+            None => model,
+        };
+        Some(Route {
+            alias: w.alias.clone(),
+            default_model: Arc::from(captured),
+        })
+    }
+}
+
+/// Does this alias name contain glob syntax?
+pub fn is_pattern(name: &str) -> bool {
+    name.contains(['*', '?', '[', '{'])
+}
+
+/// Compiles a glob in which `*` may match `/` (model names are not paths).
+pub fn glob(pattern: &str) -> Result<globset::Glob, globset::Error> {
+    globset::GlobBuilder::new(pattern)
+        .literal_separator(false)
+        .backslash_escape(true)
+        .build()
+}

@@ -1,0 +1,95 @@
+//! Accepting connections: HTTP/1.1 and HTTP/2 (h2c) through hyper-util,
+//! TCP_NODELAY, a header read timeout, bounded header buffers, and a graceful
+//! drain on shutdown.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::Body as HttpBody;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::upstream::BoxError;
+
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    pub header_read_timeout: Duration,
+    /// Largest request head hyper buffers; larger ones get hyper's own 431.
+    pub max_header_buffer: usize,
+    /// How long in-flight requests may run on after shutdown begins.
+    pub grace: Duration,
+}
+
+/// Serves `service` on `listener` until `shutdown` turns true, then drains.
+pub async fn serve<S, B>(
+    listener: TcpListener,
+    service: S,
+    options: Options,
+    mut shutdown: watch::Receiver<bool>,
+    name: &'static str,
+) where
+    S: tower::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: HttpBody<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(options.header_read_timeout)
+        .max_buf_size(options.max_header_buffer.max(8192))
+        .max_headers(256);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(options.max_header_buffer as u32);
+    let graceful = GracefulShutdown::new();
+
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let stream = match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off briefly, keep serving.
+                        tracing::warn!(listener = name, error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let connection = builder
+                    .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service.clone()))
+                    .into_owned();
+                let connection = graceful.watch(connection);
+                tokio::spawn(async move {
+                    if let Err(e) = connection.await {
+                        tracing::debug!(listener = name, error = %e, "connection ended with an error");
+                    }
+                });
+            }
+            _ = shutdown.wait_for(|stop| *stop) => break,
+        }
+    }
+    drop(listener);
+    tokio::select! {
+        _ = graceful.shutdown() => {
+            tracing::info!(listener = name, "all connections drained");
+        }
+        _ = tokio::time::sleep(options.grace) => {
+            tracing::warn!(listener = name, grace = %humantime::format_duration(options.grace),
+                "grace period over; closing the connections still open");
+        }
+    }
+}

@@ -1,0 +1,228 @@
+//! Streaming: incremental decoders for backend framings, and [`Relay`], the
+//! response body that pulls the backend's stream through an adapter's
+//! decoder and hands OpenAI server-sent events to the client.
+//!
+//! The relay is driven by the client: every poll for the next frame polls the
+//! backend once more, so there is no task, no channel and no buffering beyond
+//! what one backend read produces. When the client goes away, hyper drops the
+//! relay, which drops the backend's response and closes its connection.
+
+pub mod lines;
+pub mod ndjson;
+pub mod sse;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http_body::{Body as HttpBody, Frame};
+use tokio::time::{Instant, Sleep};
+
+use crate::error::Kind;
+use crate::openai::{Usage, write_error_event};
+use crate::provider::Provider;
+use crate::upstream::{Cause, Failure, UpstreamBody, error_chain};
+
+/// Turns one backend stream into OpenAI `chat.completion.chunk` events.
+pub trait Decoder: Send {
+    /// Takes the next bytes of the backend's stream (any boundary) and appends
+    /// complete OpenAI SSE events, `data: [DONE]` included, to `out`.
+    fn feed(&mut self, input: &[u8], out: &mut BytesMut) -> Result<(), Failure>;
+
+    /// The backend's stream ended. A stream that ended before its dialect's
+    /// terminator is a failure.
+    fn finish(&mut self, out: &mut BytesMut) -> Result<(), Failure>;
+
+    /// Token counts seen so far.
+    fn usage(&self) -> Option<Usage>;
+}
+
+impl From<lines::FrameError> for Failure {
+    fn from(e: lines::FrameError) -> Self {
+        Failure::protocol(e.to_string())
+    }
+}
+
+/// How a relayed stream ended, for logs and metrics.
+#[derive(Debug, Clone, Default)]
+pub struct StreamOutcome {
+    pub usage: Option<Usage>,
+    /// Set when the stream ended with an in-band error event.
+    pub error: Option<String>,
+}
+
+/// The body of a streamed response.
+pub struct Relay {
+    provider: Arc<Provider>,
+    upstream: Option<UpstreamBody>,
+    decoder: Box<dyn Decoder>,
+    out: BytesMut,
+    /// Some bytes went to the client: from now on failures are in-band.
+    primed: bool,
+    finished: bool,
+    /// A failure before anything reached the client, for the dispatcher to retry.
+    early: Option<Failure>,
+    error: Option<String>,
+    idle: Duration,
+    idle_timer: Pin<Box<Sleep>>,
+    deadline: Pin<Box<Sleep>>,
+    /// Held until the stream ends: concurrency permits and the like.
+    hold: Vec<Box<dyn Send + Sync>>,
+}
+
+impl Relay {
+    pub fn new(
+        provider: Arc<Provider>,
+        upstream: UpstreamBody,
+        decoder: Box<dyn Decoder>,
+        idle: Duration,
+        deadline: Instant,
+    ) -> Self {
+        Relay {
+            provider,
+            upstream: Some(upstream),
+            decoder,
+            out: BytesMut::new(),
+            primed: false,
+            finished: false,
+            early: None,
+            error: None,
+            idle,
+            idle_timer: Box::pin(tokio::time::sleep(idle)),
+            deadline: Box::pin(tokio::time::sleep_until(deadline)),
+            hold: Vec::new(),
+        }
+    }
+
+    /// Keeps `guard` alive until the stream ends.
+    pub fn hold(&mut self, guard: Box<dyn Send + Sync>) {
+        self.hold.push(guard);
+    }
+
+    /// Waits for the first OpenAI event. A failure before it is returned, so
+    /// the dispatcher may still retry: nothing has reached the client.
+    pub fn prime(&mut self) -> impl Future<Output = Result<(), Failure>> + '_ {
+        std::future::poll_fn(move |cx| {
+            if self.poll_fill(cx).is_pending() {
+                return Poll::Pending;
+            }
+            match self.early.take() {
+                Some(failure) => Poll::Ready(Err(failure)),
+                None => Poll::Ready(Ok(())),
+            }
+        })
+    }
+
+    pub fn outcome(&self) -> StreamOutcome {
+        StreamOutcome {
+            usage: self.decoder.usage(),
+            error: self.error.clone(),
+        }
+    }
+
+    /// Makes progress until there is output to send or the stream is over.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        while self.out.is_empty() && !self.finished {
+            let Some(upstream) = self.upstream.as_mut() else {
+                self.finished = true;
+                break;
+            };
+            match Pin::new(upstream).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    if let Ok(data) = frame.into_data() {
+                        self.idle_timer.as_mut().reset(Instant::now() + self.idle);
+                        if let Err(failure) = self.decoder.feed(&data, &mut self.out) {
+                            self.fail(failure);
+                        }
+                    }
+                }
+                Poll::Ready(Some(Err(e))) => self.fail(Failure::protocol(format!(
+                    "the stream broke: {}",
+                    error_chain(&*e)
+                ))),
+                Poll::Ready(None) => {
+                    self.upstream = None;
+                    match self.decoder.finish(&mut self.out) {
+                        Ok(()) => self.finished = true,
+                        Err(failure) => self.fail(failure),
+                    }
+                }
+                Poll::Pending => {
+                    if self.deadline.as_mut().poll(cx).is_ready() {
+                        self.fail(Failure::new(
+                            Cause::TotalTimeout,
+                            "the request took longer than the total timeout",
+                        ));
+                    } else if self.idle_timer.as_mut().poll(cx).is_ready() {
+                        let idle = humantime::format_duration(self.idle);
+                        self.fail(Failure::new(
+                            Cause::IdleTimeout,
+                            format!("the stream was silent for {idle}"),
+                        ));
+                    } else {
+                        return Poll::Pending;
+                    }
+                }
+            }
+        }
+        Poll::Ready(())
+    }
+
+    fn fail(&mut self, failure: Failure) {
+        // Dropping the backend's body closes its connection at once.
+        self.upstream = None;
+        self.finished = true;
+        if !self.primed {
+            self.out.clear();
+            self.early = Some(failure);
+            return;
+        }
+        let kind = match failure.cause {
+            Cause::FirstByteTimeout | Cause::IdleTimeout | Cause::TotalTimeout => {
+                Kind::UpstreamTimeout
+            }
+            Cause::Connect | Cause::Status(_) | Cause::Protocol | Cause::InBand => Kind::Upstream,
+        };
+        let said = match &self.provider.api_key {
+            Some(key) => key.redact(&failure.message).into_owned(),
+            None => failure.message,
+        };
+        let message = format!("provider {}: {said}", self.provider.id);
+        write_error_event(&mut self.out, kind, &message);
+        self.error = Some(message);
+    }
+}
+
+impl HttpBody for Relay {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        let this = self.get_mut();
+        // A failure found while priming was handed to the dispatcher; a relay
+        // that still gets polled after one has nothing more to say.
+        if this.early.is_some() {
+            return Poll::Ready(None);
+        }
+        if this.poll_fill(cx).is_pending() {
+            return Poll::Pending;
+        }
+        if this.out.is_empty() {
+            this.hold.clear();
+            return Poll::Ready(None);
+        }
+        this.primed = true;
+        Poll::Ready(Some(Ok(Frame::data(this.out.split().freeze()))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.finished && self.out.is_empty()
+    }
+}

@@ -1,0 +1,231 @@
+//! Talking to backends: pooled HTTP clients, the in-process demo transport,
+//! the upstream body type, and the failure type every attempt reports.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::{Client, connect::HttpConnector};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use crate::adapter::demo;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// Per-provider timeouts, resolved from the global ones and the provider's overrides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Timeouts {
+    /// TCP (and TLS) connect.
+    pub connect: Duration,
+    /// Until the backend's response headers.
+    pub first_byte: Duration,
+    /// Longest silence between two stream chunks.
+    pub stream_idle: Duration,
+    /// The whole exchange, from the first try to the last byte.
+    pub total: Duration,
+}
+
+/// How a provider's requests leave the process.
+#[derive(Clone)]
+pub enum Transport {
+    Http(Box<HttpClient>),
+    Demo(Arc<demo::Backend>),
+}
+
+impl std::fmt::Debug for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Transport::Http(_) => f.write_str("Transport::Http"),
+            Transport::Demo(_) => f.write_str("Transport::Demo"),
+        }
+    }
+}
+
+impl Transport {
+    /// Sends one request and waits for the response head.
+    pub async fn send(
+        &self,
+        request: Request<Full<Bytes>>,
+    ) -> Result<Response<UpstreamBody>, Failure> {
+        match self {
+            Transport::Http(client) => match client.request(request).await {
+                Ok(response) => Ok(response.map(UpstreamBody::Http)),
+                Err(e) if e.is_connect() => Err(Failure::new(
+                    Cause::Connect,
+                    format!("cannot connect: {}", error_chain(&e)),
+                )),
+                Err(e) => Err(Failure::new(
+                    Cause::Connect,
+                    format!("connection failed: {}", error_chain(&e)),
+                )),
+            },
+            Transport::Demo(backend) => Ok(backend.handle(request).await),
+        }
+    }
+}
+
+/// The error and its sources, joined; no URL or header is ever part of them.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let message = s.to_string();
+        if !text.contains(&message) {
+            text.push_str(": ");
+            text.push_str(&message);
+        }
+        source = s.source();
+    }
+    text
+}
+
+/// Long-lived HTTP clients (and so connection pools), keyed by provider id and
+/// connect settings, so that a reload keeps the pools of unchanged providers.
+#[derive(Default)]
+pub struct Pools {
+    clients: Mutex<HashMap<PoolKey, HttpClient>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PoolKey {
+    pub provider: Arc<str>,
+    pub connect: Duration,
+}
+
+impl Pools {
+    pub fn client(&self, key: PoolKey) -> HttpClient {
+        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        clients
+            .entry(key.clone())
+            .or_insert_with(|| new_client(key.connect))
+            .clone()
+    }
+
+    /// Forgets clients no snapshot uses any more; their idle connections close.
+    pub fn retain(&self, keep: &[PoolKey]) {
+        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        clients.retain(|k, _| keep.contains(k));
+    }
+}
+
+fn new_client(connect: Duration) -> HttpClient {
+    let mut http = HttpConnector::new();
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(connect));
+    http.set_keepalive(Some(Duration::from_secs(60)));
+    http.enforce_http(false);
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_webpki_roots()
+        .https_or_http()
+        .enable_http1()
+        .enable_http2()
+        .wrap_connector(http);
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_timer(TokioTimer::new())
+        .timer(TokioTimer::new())
+        .build(https)
+}
+
+/// A backend's response body, from the network or from the demo backend.
+pub enum UpstreamBody {
+    Http(Incoming),
+    Local(Pin<Box<dyn HttpBody<Data = Bytes, Error = BoxError> + Send>>),
+}
+
+impl HttpBody for UpstreamBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            UpstreamBody::Http(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            UpstreamBody::Local(b) => b.as_mut().poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpstreamBody::Http(b) => b.is_end_stream(),
+            UpstreamBody::Local(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpstreamBody::Http(b) => b.size_hint(),
+            UpstreamBody::Local(b) => b.size_hint(),
+        }
+    }
+}
+
+/// Why an attempt failed. Deciding whether to retry matches on this
+/// exhaustively, so a new cause forces a decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cause {
+    /// No connection could be made (refused, reset, DNS, TLS).
+    Connect,
+    /// A timeout expired before the response head.
+    FirstByteTimeout,
+    /// The backend went silent mid-stream.
+    IdleTimeout,
+    /// The whole-exchange deadline passed.
+    TotalTimeout,
+    /// The backend answered with this non-success status.
+    Status(StatusCode),
+    /// The backend sent something that is not its dialect.
+    Protocol,
+    /// The backend reported an error inside a stream.
+    InBand,
+}
+
+/// One failed attempt: what happened and what the backend said.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    pub cause: Cause,
+    /// What the backend said (or what went wrong), at most 500 bytes.
+    pub message: String,
+    /// The backend's own error code, when it gave one.
+    pub code: Option<String>,
+    pub retry_after: Option<Duration>,
+}
+
+impl Failure {
+    pub fn new(cause: Cause, message: impl Into<String>) -> Self {
+        Failure {
+            cause,
+            message: truncate(message.into(), 500),
+            code: None,
+            retry_after: None,
+        }
+    }
+
+    pub fn protocol(message: impl Into<String>) -> Self {
+        Failure::new(Cause::Protocol, message)
+    }
+}
+
+/// Cuts a message to at most `max` bytes on a character boundary.
+pub fn truncate(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut at = max;
+        while !s.is_char_boundary(at) {
+            at -= 1;
+        }
+        s.truncate(at);
+        s.push('…');
+    }
+    s
+}
