@@ -12,6 +12,7 @@ pub mod app;
 pub mod auth;
 pub mod body;
 pub mod call;
+pub mod chat;
 pub mod cli;
 pub mod config;
 pub mod dispatch;

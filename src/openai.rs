@@ -59,6 +59,8 @@ pub struct RequestView {
     pub max_tokens: Option<u64>,
     /// Size of the prompt (`messages`, `prompt` or `input`) in bytes.
     pub prompt_bytes: usize,
+    /// Embeddings: `encoding_format` is `base64`.
+    pub base64: bool,
 }
 
 #[derive(Deserialize)]
@@ -79,6 +81,8 @@ struct Wire<'a> {
     max_tokens: Option<&'a RawValue>,
     #[serde(borrow, default)]
     max_completion_tokens: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    encoding_format: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize)]
@@ -209,6 +213,9 @@ impl RequestView {
             stream_options_span: wire.stream_options.map(|raw| span_of(body, raw)),
             max_tokens,
             prompt_bytes: prompt.get().len(),
+            base64: wire
+                .encoding_format
+                .is_some_and(|raw| raw.get() == "\"base64\""),
         })
     }
 }

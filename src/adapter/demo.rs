@@ -43,7 +43,12 @@ struct Options {
     pace: Option<String>,
 }
 
-pub fn build(raw: &raw::Provider, path: &Path, problems: &mut Vec<Problem>) -> Option<Built> {
+pub fn build(
+    _id: &str,
+    raw: &raw::Provider,
+    path: &Path,
+    problems: &mut Vec<Problem>,
+) -> Option<Built> {
     let options: Options = super::options(raw, path, problems)?;
     let pace = match options.pace.as_deref().map(units::duration) {
         None => Duration::from_millis(20),

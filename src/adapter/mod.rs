@@ -18,6 +18,7 @@ use http::{HeaderMap, HeaderName, StatusCode, Uri};
 use serde::Deserialize;
 
 use crate::call::Call;
+use crate::chat::{Completion, Embeddings};
 use crate::config::{Path, Problem, raw};
 use crate::error::Error;
 use crate::openai::{Endpoint, Usage};
@@ -55,11 +56,18 @@ pub struct UpstreamRequest {
     pub stream: bool,
 }
 
-/// An OpenAI response body and the usage it reports.
+/// A whole successful answer, converted.
 #[derive(Debug)]
-pub struct Converted {
-    pub body: Bytes,
-    pub usage: Option<Usage>,
+pub enum Converted {
+    /// OpenAI JSON, ready to send (the passthrough).
+    Json {
+        body: Bytes,
+        usage: Option<Usage>,
+    },
+    /// A chat (or legacy completion) answer to render, or to stream when the
+    /// client asked for a stream from a backend that answered whole.
+    Chat(Completion),
+    Embeddings(Embeddings),
 }
 
 /// How a provider's credential travels.
@@ -79,10 +87,15 @@ pub struct Built {
 }
 
 /// The one place that matches on provider type.
-pub fn build(raw: &raw::Provider, path: &Path, problems: &mut Vec<Problem>) -> Option<Built> {
+pub fn build(
+    id: &str,
+    raw: &raw::Provider,
+    path: &Path,
+    problems: &mut Vec<Problem>,
+) -> Option<Built> {
     match raw.kind.as_str() {
-        "openai" => openai::build(raw, path, problems),
-        "demo" => demo::build(raw, path, problems),
+        "openai" => openai::build(id, raw, path, problems),
+        "demo" => demo::build(id, raw, path, problems),
         other => {
             problems.push(Problem::new(
                 path.key("type"),

@@ -20,7 +20,12 @@ use crate::upstream::{Cause, Failure};
 #[serde(deny_unknown_fields)]
 struct Options {}
 
-pub fn build(raw: &raw::Provider, path: &Path, problems: &mut Vec<Problem>) -> Option<Built> {
+pub fn build(
+    _id: &str,
+    raw: &raw::Provider,
+    path: &Path,
+    problems: &mut Vec<Problem>,
+) -> Option<Built> {
     let _: Options = super::options(raw, path, problems)?;
     let base = super::base_url(raw, None, path, problems)?;
     Some(Built {
@@ -137,7 +142,7 @@ pub fn rewrite_response(body: Bytes, model_json: &[u8]) -> Result<Converted, Fai
         Some(raw) => splice(&body, span_of(&body, raw), model_json),
         None => body,
     };
-    Ok(Converted { body, usage })
+    Ok(Converted::Json { body, usage })
 }
 
 /// Relays an OpenAI event stream, rewriting `model` in each chunk.
@@ -339,9 +344,13 @@ mod tests {
     #[test]
     fn whole_responses_get_the_alias() {
         let body = Bytes::from_static(br#"{"id":"x","model":"meta/llama","choices":[],"usage":{"prompt_tokens":2,"completion_tokens":5,"total_tokens":7}}"#);
-        let c = rewrite_response(body, &json_string("alias")).unwrap();
-        assert_eq!(&c.body[..], br#"{"id":"x","model":"alias","choices":[],"usage":{"prompt_tokens":2,"completion_tokens":5,"total_tokens":7}}"#);
-        assert_eq!(c.usage, Some(Usage::new(2, 5)));
+        let Converted::Json { body, usage } =
+            rewrite_response(body, &json_string("alias")).unwrap()
+        else {
+            panic!("passthrough answers JSON")
+        };
+        assert_eq!(&body[..], br#"{"id":"x","model":"alias","choices":[],"usage":{"prompt_tokens":2,"completion_tokens":5,"total_tokens":7}}"#);
+        assert_eq!(usage, Some(Usage::new(2, 5)));
         assert!(rewrite_response(Bytes::from_static(b"<html>"), b"\"a\"").is_err());
     }
 }

@@ -303,7 +303,7 @@ fn provider(
     problems: &mut Vec<Problem>,
 ) -> Option<Provider> {
     let before = problems.len();
-    let built = adapter::build(raw, path, problems);
+    let built = adapter::build(id, raw, path, problems);
     let timeouts = timeouts(
         &raw.timeouts,
         Some(defaults),

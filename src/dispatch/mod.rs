@@ -13,7 +13,7 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use tokio::time::Instant;
 
-use crate::adapter::UpstreamRequest;
+use crate::adapter::{Converted, UpstreamRequest};
 use crate::body::Body;
 use crate::call::Call;
 use crate::error::{Error, Kind};
@@ -22,6 +22,7 @@ use crate::openai::Usage;
 use crate::provider::Provider;
 use crate::route::Target;
 use crate::stream::Relay;
+use crate::stream::chunks::{Shape, render_completion, render_embeddings, synthesize};
 use crate::upstream::{Cause, Failure, UpstreamBody, error_chain};
 
 const USER_AGENT: HeaderValue =
@@ -154,14 +155,7 @@ pub async fn attempt(
     } else {
         let limit = call.snapshot.settings.max_response_body as usize;
         let bytes = read_body(body, limit, deadline).await?;
-        let converted = provider.adapter.response(call, bytes)?;
-        let mut response = Response::new(Body::full(converted.body));
-        response.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        response.extensions_mut().insert(converted.usage);
-        response
+        render(call, provider.adapter.response(call, bytes)?)
     };
 
     let usage = response
@@ -181,6 +175,29 @@ pub async fn attempt(
         usage,
     });
     Ok(response)
+}
+
+/// A whole answer as the client wants it: JSON, or a synthesized stream when
+/// the client asked for one from a backend that answered whole.
+fn render(call: &Call, converted: Converted) -> Response<Body> {
+    let shape = Shape::of(call);
+    let (body, usage, stream) = match converted {
+        Converted::Json { body, usage } => (body, usage, false),
+        Converted::Chat(c) if call.view.stream => (synthesize(&shape, &c), Some(c.usage), true),
+        Converted::Chat(c) => (render_completion(&shape, &c), Some(c.usage), false),
+        Converted::Embeddings(e) => (render_embeddings(&shape, &e), Some(e.usage), false),
+    };
+    let mut response = Response::new(Body::full(body));
+    if stream {
+        sse_headers(response.headers_mut());
+    } else {
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+    }
+    response.extensions_mut().insert(usage);
+    response
 }
 
 /// The upstream request: the adapter's, plus provider headers, the

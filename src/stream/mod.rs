@@ -7,6 +7,7 @@
 //! what one backend read produces. When the client goes away, hyper drops the
 //! relay, which drops the backend's response and closes its connection.
 
+pub mod chunks;
 pub mod lines;
 pub mod ndjson;
 pub mod sse;
