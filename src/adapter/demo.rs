@@ -12,6 +12,7 @@
 
 use std::collections::VecDeque;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -27,7 +28,7 @@ use tokio::time::Sleep;
 use super::{AuthStyle, Built, openai::OpenAi};
 use crate::config::{Path, Problem, raw, units};
 use crate::openai::Usage;
-use crate::upstream::{BoxError, UpstreamBody};
+use crate::upstream::{BoxError, Transport, UpstreamBody};
 
 /// Where demo requests "go"; the transport never resolves it.
 const BASE: &str = "http://demo.switchyard.invalid/v1";
@@ -60,7 +61,7 @@ pub fn build(
     };
     Some(Built {
         adapter: Box::new(OpenAi::new(BASE)),
-        demo: Some(Backend { pace }),
+        transport: Some(Transport::Demo(Arc::new(Backend { pace }))),
         default_auth: AuthStyle::None,
     })
 }

@@ -23,7 +23,7 @@ use crate::config::{Path, Problem, raw};
 use crate::error::Error;
 use crate::openai::{Endpoint, Usage};
 use crate::stream::Decoder;
-use crate::upstream::{Cause, Failure, truncate};
+use crate::upstream::{Cause, Failure, Transport, truncate};
 
 /// A backend dialect.
 pub trait Adapter: Send + Sync + Debug {
@@ -81,8 +81,9 @@ pub enum AuthStyle {
 /// What [`build`] makes of a provider's config.
 pub struct Built {
     pub adapter: Box<dyn Adapter>,
-    /// `Some` for the in-process demo backend, else the provider talks HTTP.
-    pub demo: Option<demo::Backend>,
+    /// A transport of the dialect's own (the in-process demo backend);
+    /// `None` means HTTP through the provider's connection pool.
+    pub transport: Option<Transport>,
     pub default_auth: AuthStyle,
 }
 

@@ -30,7 +30,7 @@ pub fn build(
     let base = super::base_url(raw, None, path, problems)?;
     Some(Built {
         adapter: Box::new(OpenAi::new(&base)),
-        demo: None,
+        transport: None,
         default_auth: AuthStyle::Bearer,
     })
 }

@@ -378,8 +378,8 @@ fn provider(
         return None;
     }
     let id: Arc<str> = Arc::from(id);
-    let (transport, pool) = match built.demo {
-        Some(backend) => (Transport::Demo(Arc::new(backend)), None),
+    let (transport, pool) = match built.transport {
+        Some(transport) => (transport, None),
         None => {
             let key = PoolKey {
                 provider: id.clone(),
