@@ -25,7 +25,7 @@ impl Admin {
             "/metrics" => (
                 StatusCode::OK,
                 "text/plain; version=0.0.4; charset=utf-8",
-                self.state.metrics.render(),
+                self.state.metrics().render(),
             ),
             "/healthz" => (
                 StatusCode::OK,

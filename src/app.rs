@@ -11,7 +11,6 @@ use tokio::sync::watch;
 use crate::admin::Admin;
 use crate::config;
 use crate::gateway::{Gateway, State};
-use crate::metrics::Metrics;
 use crate::registry::{Registry, Shared};
 use crate::server;
 
@@ -42,7 +41,6 @@ pub async fn serve(path: PathBuf) -> Result<(), String> {
 
     let state = Arc::new(State {
         registry: Registry::new(snapshot, shared),
-        metrics: Metrics::new(),
         draining: AtomicBool::new(false),
     });
     config::watch::spawn(state.clone(), path.clone(), &text);

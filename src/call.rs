@@ -1,6 +1,7 @@
 //! What the request path knows about one client request once it is routed.
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicU32;
 
 use bytes::Bytes;
 use http::HeaderValue;
@@ -27,4 +28,6 @@ pub struct Call {
     /// The client's model name as a JSON string; responses carry it as `model`.
     pub model_json: Bytes,
     pub started: Instant,
+    /// Upstream tries so far, across retries and fallbacks.
+    pub attempts: AtomicU32,
 }

@@ -19,7 +19,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -42,7 +42,6 @@ use crate::upstream::BoxError;
 /// Everything the request path shares.
 pub struct State {
     pub registry: Registry,
-    pub metrics: Metrics,
     /// Set when shutdown begins; `/readyz` turns false.
     pub draining: AtomicBool,
 }
@@ -195,7 +194,7 @@ where
     }
 
     // 8. dispatch
-    let call = Call {
+    let call = Arc::new(Call {
         model_json: json_string(&view.model),
         snapshot,
         request_id: record.request_id.clone(),
@@ -205,8 +204,17 @@ where
         view,
         route,
         started: record.started,
-    };
-    dispatch::dispatch(&call, &state.metrics).await
+        attempts: AtomicU32::new(0),
+    });
+    let result = dispatch::dispatch(call.clone(), state.metrics_arc()).await;
+    record.attempts = call.attempts.load(Ordering::Relaxed);
+    let mut response = result?;
+    if record.attempts > 1
+        && let Ok(v) = HeaderValue::try_from(record.attempts.to_string())
+    {
+        response.headers_mut().insert("x-switchyard-attempts", v);
+    }
+    Ok(response)
 }
 
 /// The endpoint for a method and path.
@@ -358,6 +366,7 @@ struct Record {
     usage: Option<crate::openai::Usage>,
     error: Option<String>,
     first_byte: Option<Duration>,
+    attempts: u32,
 }
 
 impl Record {
@@ -375,6 +384,7 @@ impl Record {
             usage: None,
             error: None,
             first_byte: None,
+            attempts: 0,
         }
     }
 
@@ -439,6 +449,7 @@ impl Record {
             ttft_ms = self.first_byte.map(|d| d.as_secs_f64() * 1000.0),
             prompt_tokens = self.usage.map(|u| u.prompt_tokens),
             completion_tokens = self.usage.map(|u| u.completion_tokens),
+            attempts = self.attempts,
             error = self.error.as_deref(),
             "request"
         );
@@ -464,7 +475,7 @@ impl Observed {
 
     fn finish(&mut self, completed: bool) {
         if let Some(record) = self.record.take() {
-            record.finish(&self.state.metrics, self.body.stream_outcome(), completed);
+            record.finish(self.state.metrics(), self.body.stream_outcome(), completed);
         }
     }
 }
@@ -510,5 +521,13 @@ impl Drop for Observed {
 impl State {
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Relaxed)
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.registry.shared.metrics
+    }
+
+    fn metrics_arc(&self) -> &Arc<Metrics> {
+        &self.registry.shared.metrics
     }
 }

@@ -25,6 +25,9 @@ pub struct Metrics {
     pub tokens: IntCounterVec,
     pub inflight: IntGaugeVec,
     pub config_reloads: IntCounterVec,
+    pub retries: IntCounterVec,
+    pub fallbacks: IntCounterVec,
+    pub target_healthy: IntGaugeVec,
 }
 
 impl Metrics {
@@ -86,6 +89,30 @@ impl Metrics {
             &["result"],
         )
         .expect("valid metric");
+        let retries = IntCounterVec::new(
+            Opts::new(
+                "switchyard_retries_total",
+                "Retries, by the provider that failed and why.",
+            ),
+            &["provider", "reason"],
+        )
+        .expect("valid metric");
+        let fallbacks = IntCounterVec::new(
+            Opts::new(
+                "switchyard_fallbacks_total",
+                "Requests that moved on to a fallback alias.",
+            ),
+            &["from", "to"],
+        )
+        .expect("valid metric");
+        let target_healthy = IntGaugeVec::new(
+            Opts::new(
+                "switchyard_target_healthy",
+                "1 while a target is in rotation, 0 in cooldown.",
+            ),
+            &["provider", "model"],
+        )
+        .expect("valid metric");
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(request_duration.clone()),
@@ -94,6 +121,9 @@ impl Metrics {
             Box::new(tokens.clone()),
             Box::new(inflight.clone()),
             Box::new(config_reloads.clone()),
+            Box::new(retries.clone()),
+            Box::new(fallbacks.clone()),
+            Box::new(target_healthy.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -109,6 +139,9 @@ impl Metrics {
             tokens,
             inflight,
             config_reloads,
+            retries,
+            fallbacks,
+            target_healthy,
         }
     }
 

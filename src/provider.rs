@@ -5,6 +5,8 @@ use std::sync::Arc;
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::adapter::Adapter;
+use crate::dispatch::health::HealthCheck;
+use crate::dispatch::limit::Limiter;
 use crate::secret::Secret;
 use crate::upstream::{PoolKey, Timeouts, Transport};
 
@@ -24,4 +26,7 @@ pub struct Provider {
     pub timeouts: Timeouts,
     /// The pool this provider's HTTP client lives in, if it talks HTTP.
     pub pool: Option<PoolKey>,
+    /// The concurrency cap, when `max_concurrent` is set.
+    pub limiter: Option<Arc<Limiter>>,
+    pub health_check: Option<HealthCheck>,
 }

@@ -14,6 +14,10 @@ use indexmap::IndexMap;
 
 use crate::auth::KeyTable;
 use crate::config::raw::LogFormat;
+use crate::dispatch::health::HealthTable;
+use crate::dispatch::limit::LimiterTable;
+use crate::dispatch::retry::{BudgetTable, Routing};
+use crate::metrics::Metrics;
 use crate::provider::Provider;
 use crate::route::Aliases;
 use crate::upstream::Pools;
@@ -40,14 +44,19 @@ pub struct Snapshot {
     pub keys: KeyTable,
     pub providers: IndexMap<Arc<str>, Arc<Provider>>,
     pub aliases: Aliases,
+    pub routing: Routing,
     /// When it was compiled (Unix seconds): the `created` of `/v1/models`.
     pub created: u64,
 }
 
-/// State that outlives snapshots.
+/// State that outlives snapshots, keyed by stable ids.
 #[derive(Default)]
 pub struct Shared {
+    pub metrics: Arc<Metrics>,
     pub pools: Pools,
+    pub health: HealthTable,
+    pub limiters: LimiterTable,
+    pub budgets: BudgetTable,
 }
 
 /// The current snapshot.
@@ -77,13 +86,54 @@ impl Registry {
         self.prune();
     }
 
+    /// Drops shared state no snapshot uses any more and restarts the
+    /// active health checks for the current one.
     fn prune(&self) {
         let snapshot = self.current.load();
-        let keep: Vec<_> = snapshot
+        let shared = &self.shared;
+        let pools: Vec<_> = snapshot
             .providers
             .values()
             .filter_map(|p| p.pool.clone())
             .collect();
-        self.shared.pools.retain(&keep);
+        shared.pools.retain(&pools);
+        let providers: Vec<Arc<str>> = snapshot.providers.keys().cloned().collect();
+        shared.limiters.retain(&providers);
+        let aliases: Vec<Arc<str>> = snapshot
+            .aliases
+            .all
+            .iter()
+            .map(|a| a.name.clone())
+            .collect();
+        shared.budgets.retain(&aliases);
+        let targets: Vec<_> = snapshot
+            .aliases
+            .all
+            .iter()
+            .flat_map(|a| a.targets.iter())
+            .map(|t| (t.state.provider.clone(), t.state.model.clone()))
+            .collect();
+        shared.health.retain(&targets, &shared.metrics);
+        if tokio::runtime::Handle::try_current().is_ok() {
+            let checked: Vec<_> = snapshot
+                .providers
+                .values()
+                .filter(|p| p.health_check.is_some())
+                .map(|p| {
+                    let states = snapshot
+                        .aliases
+                        .all
+                        .iter()
+                        .flat_map(|a| a.targets.iter())
+                        .filter(|t| Arc::ptr_eq(&t.provider, p))
+                        .map(|t| t.state.clone())
+                        .collect();
+                    (p.clone(), states)
+                })
+                .collect();
+            shared
+                .health
+                .start_checks(&checked, snapshot.routing.cooldown_for);
+        }
     }
 }

@@ -7,6 +7,9 @@ use std::sync::Arc;
 
 use globset::GlobMatcher;
 
+use tower::retry::budget::TpsBudget;
+
+use crate::dispatch::health::TargetState;
 use crate::provider::Provider;
 
 /// One place a request for an alias can go.
@@ -17,6 +20,8 @@ pub struct Target {
     /// (for a wildcard, the part the `*` matched).
     pub model: Option<Arc<str>>,
     pub weight: u32,
+    /// Health and latency, kept across reloads.
+    pub state: Arc<TargetState>,
 }
 
 /// A name clients may send as `model`, or a wildcard pattern of names.
@@ -26,6 +31,10 @@ pub struct Alias {
     pub name: Arc<str>,
     pub targets: Vec<Target>,
     pub wildcard: bool,
+    /// Aliases tried in order when every target failed.
+    pub fallbacks: Vec<Arc<str>>,
+    /// Retries allowed on top of this alias's recent traffic.
+    pub budget: Arc<TpsBudget>,
 }
 
 #[derive(Debug)]

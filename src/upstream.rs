@@ -187,8 +187,10 @@ pub enum Cause {
     Status(StatusCode),
     /// The backend sent something that is not its dialect.
     Protocol,
-    /// The backend reported an error inside a stream.
+    /// The backend reported an error inside a stream (or inside a 200 body).
     InBand,
+    /// The provider is at its concurrency limit and its queue is full.
+    Saturated,
 }
 
 /// One failed attempt: what happened and what the backend said.

@@ -12,6 +12,8 @@ use indexmap::IndexMap;
 use super::{Path, Problem, raw, units};
 use crate::adapter::{self, AuthStyle};
 use crate::auth::{self, Key, KeyTable};
+use crate::dispatch::health::HealthCheck;
+use crate::dispatch::retry::{BudgetSpec, Routing};
 use crate::provider::Provider;
 use crate::registry::{Settings, Shared, Snapshot};
 use crate::route::{self, Alias, Aliases, Target};
@@ -25,6 +27,7 @@ pub fn compile(raw: raw::Config, shared: &Shared) -> Result<Snapshot, Vec<Proble
     let settings = settings(&raw, &mut problems);
     let defaults = timeouts(&raw.timeouts, None, &root.key("timeouts"), &mut problems);
     let keys = keys(&raw, &mut problems);
+    let routing = routing(&raw.routing, &root.key("routing"), &mut problems);
 
     let mut providers = IndexMap::new();
     for (id, p) in &raw.providers {
@@ -35,7 +38,9 @@ pub fn compile(raw: raw::Config, shared: &Shared) -> Result<Snapshot, Vec<Proble
     }
 
     let mut aliases = Aliases::default();
+    let metrics = &shared.metrics;
     for (name, m) in &raw.models {
+        let alias_name: Arc<str> = Arc::from(name.as_str());
         let path = root.key("models").key(name.as_str());
         let mut targets = Vec::with_capacity(m.targets.len());
         if m.targets.is_empty() {
@@ -47,11 +52,16 @@ pub fn compile(raw: raw::Config, shared: &Shared) -> Result<Snapshot, Vec<Proble
         for (i, t) in m.targets.iter().enumerate() {
             let tpath = path.key("targets").index(i);
             match providers.get(t.provider.as_str()) {
-                Some(p) => targets.push(Target {
-                    provider: Arc::clone(p),
-                    model: t.model.as_deref().map(Arc::from),
-                    weight: t.weight,
-                }),
+                Some(p) => {
+                    let model: Option<Arc<str>> = t.model.as_deref().map(Arc::from);
+                    let label = model.clone().unwrap_or_else(|| alias_name.clone());
+                    targets.push(Target {
+                        provider: Arc::clone(p),
+                        state: shared.health.target(&p.id, &label, metrics),
+                        model,
+                        weight: t.weight,
+                    })
+                }
                 None if raw.providers.contains_key(&t.provider) => {} // reported at the provider
                 None => problems.push(Problem::new(
                     tpath.key("provider"),
@@ -65,11 +75,26 @@ pub fn compile(raw: raw::Config, shared: &Shared) -> Result<Snapshot, Vec<Proble
                 "every target has weight 0; at least one must be positive",
             ));
         }
+        for (i, f) in m.fallbacks.iter().enumerate() {
+            let fpath = path.key("fallbacks").index(i);
+            if f == name {
+                problems.push(Problem::new(fpath, "an alias cannot fall back to itself"));
+            } else if route::is_pattern(f) {
+                problems.push(Problem::new(
+                    fpath,
+                    "a fallback must be an alias name, not a pattern",
+                ));
+            } else if !raw.models.contains_key(f) {
+                problems.push(Problem::new(fpath, format!("no alias named {f:?}")));
+            }
+        }
         let wildcard = route::is_pattern(name);
         let alias = Arc::new(Alias {
-            name: Arc::from(name.as_str()),
+            budget: shared.budgets.budget(&alias_name, routing.budget),
+            name: alias_name,
             targets,
             wildcard,
+            fallbacks: m.fallbacks.iter().map(|f| Arc::from(f.as_str())).collect(),
         });
         if wildcard {
             match route::glob(name) {
@@ -93,6 +118,7 @@ pub fn compile(raw: raw::Config, shared: &Shared) -> Result<Snapshot, Vec<Proble
         keys: KeyTable::new(keys, raw.auth.required),
         providers,
         aliases,
+        routing,
         created,
     })
 }
@@ -373,6 +399,46 @@ fn provider(
         }
     }
 
+    let limiter = match (raw.max_concurrent, raw.max_queue) {
+        (Some(0), _) => {
+            problems.push(Problem::new(
+                path.key("max_concurrent"),
+                "must be at least 1",
+            ));
+            None
+        }
+        (Some(max), queue) => Some(shared.limiters.limiter(
+            &Arc::from(id),
+            max,
+            queue.unwrap_or(max.saturating_mul(4)),
+        )),
+        (None, Some(_)) => {
+            problems.push(Problem::new(
+                path.key("max_queue"),
+                "needs `max_concurrent`",
+            ));
+            None
+        }
+        (None, None) => None,
+    };
+    let health_check = raw.health_check.as_ref().and_then(|c| {
+        let cpath = path.key("health_check");
+        let interval = duration(&c.interval, &cpath.key("interval"), problems);
+        let timeout = duration(&c.timeout, &cpath.key("timeout"), problems);
+        let url = check_url(raw.base_url.as_deref(), &c.path);
+        if url.is_none() {
+            problems.push(Problem::new(
+                cpath.key("path"),
+                "needs an absolute URL, or a path from the host root with `base_url` set",
+            ));
+        }
+        Some(HealthCheck {
+            url: url?,
+            interval: interval.filter(|d| !d.is_zero())?,
+            timeout: timeout?,
+        })
+    });
+
     let built = built?;
     if problems.len() != before {
         return None;
@@ -399,7 +465,122 @@ fn provider(
         headers,
         timeouts,
         pool,
+        limiter,
+        health_check,
     })
+}
+
+/// A health check URL: `path` itself when absolute, else `path` from the
+/// host root of `base_url`.
+fn check_url(base: Option<&str>, path: &str) -> Option<http::Uri> {
+    if path.starts_with("http://") || path.starts_with("https://") {
+        return path.parse().ok();
+    }
+    let base: http::Uri = base?.parse().ok()?;
+    let path = if path.starts_with('/') {
+        path.to_owned()
+    } else {
+        format!("/{path}")
+    };
+    http::Uri::builder()
+        .scheme(base.scheme()?.clone())
+        .authority(base.authority()?.clone())
+        .path_and_query(path)
+        .build()
+        .ok()
+}
+
+fn routing(raw: &raw::Routing, path: &Path, problems: &mut Vec<Problem>) -> Routing {
+    let retry = &raw.retry;
+    let rpath = path.key("retry");
+    let mut on_connect = false;
+    let mut on_timeout = false;
+    let mut on_status = Vec::new();
+    for (i, cond) in retry.on.iter().enumerate() {
+        match cond {
+            raw::RetryOn::Name(n) if n == "connect" => on_connect = true,
+            raw::RetryOn::Name(n) if n == "timeout" => on_timeout = true,
+            raw::RetryOn::Name(n) => match n.parse::<u16>() {
+                Ok(s) if (400..600).contains(&s) => on_status.push(s),
+                _ => problems.push(Problem::new(
+                    rpath.key("on").index(i),
+                    format!("{n:?} is not connect, timeout or an HTTP status from 400 to 599"),
+                )),
+            },
+            raw::RetryOn::Status(s) if (400..600).contains(s) => on_status.push(*s),
+            raw::RetryOn::Status(s) => problems.push(Problem::new(
+                rpath.key("on").index(i),
+                format!("{s} is not an HTTP error status (400 to 599)"),
+            )),
+        }
+    }
+    let base = duration(
+        &retry.backoff.base,
+        &rpath.key("backoff").key("base"),
+        problems,
+    );
+    let max = duration(
+        &retry.backoff.max,
+        &rpath.key("backoff").key("max"),
+        problems,
+    );
+    if let (Some(b), Some(m)) = (base, max)
+        && b > m
+    {
+        problems.push(Problem::new(
+            rpath.key("backoff"),
+            "`base` must not exceed `max`",
+        ));
+    }
+    let window = duration(
+        &retry.budget.window,
+        &rpath.key("budget").key("window"),
+        problems,
+    )
+    .unwrap_or(Duration::from_secs(10));
+    if !(Duration::from_secs(1)..=Duration::from_secs(60)).contains(&window) {
+        problems.push(Problem::new(
+            rpath.key("budget").key("window"),
+            "must be between 1s and 60s",
+        ));
+    }
+    let ratio = retry.budget.ratio;
+    if !(0.0..=1000.0).contains(&ratio) {
+        problems.push(Problem::new(
+            rpath.key("budget").key("ratio"),
+            "must be between 0 and 1000",
+        ));
+    }
+    if retry.attempts == 0 {
+        problems.push(Problem::new(
+            rpath.key("attempts"),
+            "must be at least 1 (the first try counts)",
+        ));
+    }
+    let cooldown_for = duration(
+        &raw.cooldown.duration,
+        &path.key("cooldown").key("for"),
+        problems,
+    );
+    Routing {
+        attempts: retry.attempts.max(1),
+        backoff_base: base.unwrap_or(Duration::from_millis(100)),
+        backoff_max: max.unwrap_or(Duration::from_secs(2)),
+        on_connect,
+        on_timeout,
+        on_status,
+        cooldown_after: raw.cooldown.after_failures.max(1),
+        cooldown_for: cooldown_for.unwrap_or(Duration::from_secs(30)),
+        budget: BudgetSpec {
+            ratio: if (0.0..=1000.0).contains(&ratio) {
+                ratio
+            } else {
+                0.2
+            },
+            min_per_second: retry.budget.min_per_second,
+            window: window.clamp(Duration::from_secs(1), Duration::from_secs(60)),
+        },
+    }
 }
 
 fn sensitive(value: &str) -> Option<HeaderValue> {

@@ -29,6 +29,8 @@ pub struct Config {
     pub providers: IndexMap<String, Provider>,
     #[serde(default)]
     pub models: IndexMap<String, Model>,
+    #[serde(default)]
+    pub routing: Routing,
 }
 
 fn default_listen() -> String {
@@ -158,8 +160,32 @@ pub struct Provider {
     pub headers: IndexMap<String, String>,
     #[serde(default)]
     pub timeouts: Timeouts,
+    /// Requests sent to this provider at once; more wait in a queue.
+    pub max_concurrent: Option<u32>,
+    /// Requests that may wait for a slot; more get 503 at once.
+    pub max_queue: Option<u32>,
+    pub health_check: Option<HealthCheck>,
     #[serde(flatten)]
     pub options: Map<String, Value>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheck {
+    /// Path from the host root (`/health`), or a full URL.
+    pub path: String,
+    #[serde(default = "default_check_interval")]
+    pub interval: String,
+    #[serde(default = "default_check_timeout")]
+    pub timeout: String,
+}
+
+fn default_check_interval() -> String {
+    "10s".into()
+}
+
+fn default_check_timeout() -> String {
+    "2s".into()
 }
 
 /// `bearer` | `x-api-key` | `none` | `{name: X-Custom}`.
@@ -174,6 +200,9 @@ pub enum AuthHeader {
 #[serde(deny_unknown_fields)]
 pub struct Model {
     pub targets: Vec<Target>,
+    /// Other aliases tried in order when every target failed.
+    #[serde(default)]
+    pub fallbacks: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -201,4 +230,149 @@ fn size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
         Size::Text(s) => s,
         Size::Bytes(n) => n.to_string(),
     })
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Routing {
+    #[serde(default)]
+    pub retry: Retry,
+    #[serde(default)]
+    pub cooldown: Cooldown,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Retry {
+    /// Tries per alias, the first included.
+    #[serde(default = "default_attempts")]
+    pub attempts: u32,
+    #[serde(default)]
+    pub backoff: Backoff,
+    /// `connect`, `timeout` and statuses.
+    #[serde(default = "default_retry_on")]
+    pub on: Vec<RetryOn>,
+    #[serde(default)]
+    pub budget: Budget,
+}
+
+impl Default for Retry {
+    fn default() -> Self {
+        Retry {
+            attempts: default_attempts(),
+            backoff: Backoff::default(),
+            on: default_retry_on(),
+            budget: Budget::default(),
+        }
+    }
+}
+
+fn default_attempts() -> u32 {
+    3
+}
+
+fn default_retry_on() -> Vec<RetryOn> {
+    let mut on = vec![
+        RetryOn::Name("connect".into()),
+        RetryOn::Name("timeout".into()),
+    ];
+    on.extend([429, 500, 502, 503, 504, 529].map(RetryOn::Status));
+    on
+}
+
+/// A retry condition: a name or an HTTP status.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum RetryOn {
+    Status(u16),
+    Name(String),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Backoff {
+    #[serde(default = "default_backoff_base")]
+    pub base: String,
+    #[serde(default = "default_backoff_max")]
+    pub max: String,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            base: default_backoff_base(),
+            max: default_backoff_max(),
+        }
+    }
+}
+
+fn default_backoff_base() -> String {
+    "100ms".into()
+}
+
+fn default_backoff_max() -> String {
+    "2s".into()
+}
+
+/// Retries allowed on top of recent traffic.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Budget {
+    /// Retries per request, on average (0.2 = one retry per five requests).
+    #[serde(default = "default_budget_ratio")]
+    pub ratio: f32,
+    /// Retries always allowed per second, whatever the traffic.
+    #[serde(default = "default_budget_min")]
+    pub min_per_second: u32,
+    /// How much recent traffic counts.
+    #[serde(default = "default_budget_window")]
+    pub window: String,
+}
+
+impl Default for Budget {
+    fn default() -> Self {
+        Budget {
+            ratio: default_budget_ratio(),
+            min_per_second: default_budget_min(),
+            window: default_budget_window(),
+        }
+    }
+}
+
+fn default_budget_ratio() -> f32 {
+    0.2
+}
+
+fn default_budget_min() -> u32 {
+    10
+}
+
+fn default_budget_window() -> String {
+    "10s".into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cooldown {
+    #[serde(default = "default_after_failures")]
+    pub after_failures: u32,
+    #[serde(default = "default_cooldown_for", rename = "for")]
+    pub duration: String,
+}
+
+impl Default for Cooldown {
+    fn default() -> Self {
+        Cooldown {
+            after_failures: default_after_failures(),
+            duration: default_cooldown_for(),
+        }
+    }
+}
+
+fn default_after_failures() -> u32 {
+    3
+}
+
+fn default_cooldown_for() -> String {
+    "30s".into()
 }

@@ -93,7 +93,7 @@ fn reload(state: &State, path: &FsPath, forced: bool, last: &mut Option<[u8; 32]
         Err(e) => {
             if forced || last.is_some() {
                 state
-                    .metrics
+                    .metrics()
                     .config_reloads
                     .with_label_values(&["rejected"])
                     .inc();
@@ -134,7 +134,7 @@ fn reload(state: &State, path: &FsPath, forced: bool, last: &mut Option<[u8; 32]
             );
             state.registry.install(next);
             state
-                .metrics
+                .metrics()
                 .config_reloads
                 .with_label_values(&["ok"])
                 .inc();
@@ -142,7 +142,7 @@ fn reload(state: &State, path: &FsPath, forced: bool, last: &mut Option<[u8; 32]
         }
         Err(problems) => {
             state
-                .metrics
+                .metrics()
                 .config_reloads
                 .with_label_values(&["rejected"])
                 .inc();

@@ -1,289 +1,79 @@
-//! Dispatch: from a routed call to a backend's answer.
+//! Dispatch: from a routed call to a backend's answer, as tower layers
+//! around the upstream call, outer to inner:
 //!
-//! It picks a target of the alias, has the target's adapter build the upstream
-//! request, adds the provider's credential, sends it with the provider's
-//! timeouts, and turns the answer into the client's response: whole, or as a
-//! [`Relay`] that has already produced its first event.
+//! 1. [`fallback::Fallback`] walks the alias and then its `fallbacks`;
+//! 2. `tower::retry::Retry` with [`retry::RetryPolicy`] retries an alias's
+//!    retryable failures on other targets, with backoff and a budget;
+//! 3. [`balance::Pick`] chooses a target (weights, health, latency), takes a
+//!    provider concurrency slot, tries it, and records the outcome;
+//! 4. [`attempt::attempt`] is the one upstream call.
+//!
+//! Every layer works before the first byte reaches the client: an attempt
+//! returns only once the backend's first event is in hand, so nothing that
+//! reached the client is ever retried. When the client leaves, the whole
+//! stack's future is dropped: the upstream call, a back-off sleep, a wait in
+//! a provider's queue.
+
+pub mod attempt;
+pub mod balance;
+pub mod fallback;
+pub mod health;
+pub mod limit;
+pub mod retry;
 
 use std::sync::Arc;
 
-use bytes::Bytes;
-use http::header::{self, HeaderValue};
-use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
-use tokio::time::Instant;
+use http::Response;
+use tower::ServiceExt;
 
-use crate::adapter::{Converted, UpstreamRequest};
+pub use attempt::{Served, final_error, sse_headers};
+
 use crate::body::Body;
 use crate::call::Call;
-use crate::error::{Error, Kind};
-use crate::metrics::{Inflight, Metrics};
-use crate::openai::Usage;
+use crate::error::Error;
+use crate::metrics::Metrics;
 use crate::provider::Provider;
-use crate::route::Target;
-use crate::stream::Relay;
-use crate::stream::chunks::{Shape, render_completion, render_embeddings, synthesize};
-use crate::upstream::{Cause, Failure, UpstreamBody, error_chain};
+use crate::route::Alias;
+use crate::upstream::Failure;
 
-const USER_AGENT: HeaderValue =
-    HeaderValue::from_static(concat!("switchyard/", env!("CARGO_PKG_VERSION")));
-
-/// Which target answered; put in the response's extensions.
-#[derive(Debug, Clone)]
-pub struct Served {
-    pub provider: Arc<str>,
-    pub model: Arc<str>,
-    /// Usage of a whole response (a stream reports its own at the end).
-    pub usage: Option<Usage>,
+/// One alias's share of a request, as it goes down the stack.
+#[derive(Clone)]
+pub struct Attempt {
+    pub call: Arc<Call>,
+    /// The alias being served: the client's, or a fallback.
+    pub alias: Arc<Alias>,
+    /// The backend model for targets that name none.
+    pub default_model: Arc<str>,
+    /// Targets of this alias already tried by this request.
+    pub tried: Vec<usize>,
 }
 
-/// Why one attempt did not produce a response.
+/// Why the stack produced no response.
 #[derive(Debug)]
-pub enum AttemptError {
-    /// The request cannot be sent to this backend at all (a client error).
+pub enum DispatchError {
+    /// The request cannot go to this backend at all (the client's problem).
     Refused(Error),
-    /// The backend failed; the dispatcher may try elsewhere.
-    Failed(Failure),
+    /// A backend failed.
+    Failed {
+        failure: Failure,
+        provider: Arc<Provider>,
+        /// Index of the target in its alias.
+        target: usize,
+        /// Every target was cooling down; this was the one try allowed.
+        last_resort: bool,
+    },
 }
 
-impl From<Failure> for AttemptError {
-    fn from(f: Failure) -> Self {
-        AttemptError::Failed(f)
-    }
-}
-
-/// Sends the call to one target of its alias.
-pub async fn dispatch(call: &Call, metrics: &Metrics) -> Result<Response<Body>, Error> {
-    let target = pick(&call.route.alias.targets)
-        .ok_or_else(|| Error::internal("the alias has no target"))?;
-    match attempt(call, target, metrics).await {
+/// Sends the call through fallback → retry → pick → attempt.
+pub async fn dispatch(call: Arc<Call>, metrics: &Arc<Metrics>) -> Result<Response<Body>, Error> {
+    let pick = balance::Pick::new(metrics.clone());
+    let retry = tower::retry::Retry::new(retry::RetryPolicy::new(metrics.clone()), pick);
+    let stack = fallback::Fallback::new(retry, metrics.clone());
+    match stack.oneshot(call).await {
         Ok(response) => Ok(response),
-        Err(AttemptError::Refused(e)) => Err(e),
-        Err(AttemptError::Failed(f)) => Err(final_error(&target.provider, f)),
-    }
-}
-
-/// A target chosen at random in proportion to its weight.
-pub fn pick(targets: &[Target]) -> Option<&Target> {
-    let total: u64 = targets.iter().map(|t| u64::from(t.weight)).sum();
-    if total == 0 {
-        return targets.first();
-    }
-    let mut r = fastrand::u64(0..total);
-    targets.iter().find(|t| {
-        let w = u64::from(t.weight);
-        if r < w {
-            true
-        } else {
-            r -= w;
-            false
-        }
-    })
-}
-
-/// One try against one target.
-pub async fn attempt(
-    call: &Call,
-    target: &Target,
-    metrics: &Metrics,
-) -> Result<Response<Body>, AttemptError> {
-    let provider = &target.provider;
-    let model = call.route.model_for(target);
-    let upstream = provider
-        .adapter
-        .request(call, model)
-        .map_err(AttemptError::Refused)?;
-    let stream = upstream.stream;
-    let request = http_request(call, provider, upstream);
-
-    let timeouts = provider.timeouts;
-    let deadline = call.started + timeouts.total;
-    let inflight = Inflight::enter(metrics, &provider.id);
-    let sent = Instant::now();
-    let first_byte = timeouts
-        .first_byte
-        .min(deadline.saturating_duration_since(sent));
-    let response = match tokio::time::timeout(first_byte, provider.transport.send(request)).await {
-        Ok(result) => result?,
-        Err(_) => {
-            let cause = if first_byte < timeouts.first_byte {
-                Cause::TotalTimeout
-            } else {
-                Cause::FirstByteTimeout
-            };
-            return Err(Failure::new(
-                cause,
-                format!(
-                    "no response within {}",
-                    humantime::format_duration(first_byte)
-                ),
-            )
-            .into());
-        }
-    };
-    let status = response.status();
-    metrics
-        .upstream_duration
-        .with_label_values(&[&provider.id, status.as_str()])
-        .observe(sent.elapsed().as_secs_f64());
-
-    let (head, body) = response.into_parts();
-    if !status.is_success() {
-        let bytes = read_body(body, 64 * 1024, deadline)
-            .await
-            .unwrap_or_default();
-        return Err(provider
-            .adapter
-            .failure(status, &head.headers, &bytes)
-            .into());
-    }
-
-    let mut response = if stream {
-        let decoder = provider.adapter.decoder(call);
-        let mut relay = Relay::new(
-            provider.clone(),
-            body,
-            decoder,
-            timeouts.stream_idle,
-            deadline,
-        );
-        relay.hold(Box::new(inflight));
-        relay.prime().await?;
-        let mut response = Response::new(Body::Relay(Box::new(relay)));
-        sse_headers(response.headers_mut());
-        response
-    } else {
-        let limit = call.snapshot.settings.max_response_body as usize;
-        let bytes = read_body(body, limit, deadline).await?;
-        render(call, provider.adapter.response(call, bytes)?)
-    };
-
-    let usage = response
-        .extensions_mut()
-        .remove::<Option<Usage>>()
-        .flatten();
-    let headers = response.headers_mut();
-    if let Ok(v) = HeaderValue::try_from(provider.id.as_ref()) {
-        headers.insert("x-switchyard-provider", v);
-    }
-    if let Ok(v) = HeaderValue::try_from(model) {
-        headers.insert("x-switchyard-model", v);
-    }
-    response.extensions_mut().insert(Served {
-        provider: provider.id.clone(),
-        model: Arc::from(model),
-        usage,
-    });
-    Ok(response)
-}
-
-/// A whole answer as the client wants it: JSON, or a synthesized stream when
-/// the client asked for one from a backend that answered whole.
-fn render(call: &Call, converted: Converted) -> Response<Body> {
-    let shape = Shape::of(call);
-    let (body, usage, stream) = match converted {
-        Converted::Json { body, usage } => (body, usage, false),
-        Converted::Chat(c) if call.view.stream => (synthesize(&shape, &c), Some(c.usage), true),
-        Converted::Chat(c) => (render_completion(&shape, &c), Some(c.usage), false),
-        Converted::Embeddings(e) => (render_embeddings(&shape, &e), Some(e.usage), false),
-    };
-    let mut response = Response::new(Body::full(body));
-    if stream {
-        sse_headers(response.headers_mut());
-    } else {
-        response.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-    }
-    response.extensions_mut().insert(usage);
-    response
-}
-
-/// The upstream request: the adapter's, plus provider headers, the
-/// credential and the request id. Nothing of the client's headers goes along.
-fn http_request(
-    call: &Call,
-    provider: &Provider,
-    upstream: UpstreamRequest,
-) -> Request<Full<Bytes>> {
-    let mut request = Request::new(Full::new(upstream.body));
-    *request.method_mut() = Method::POST;
-    *request.uri_mut() = upstream.uri;
-    let headers = request.headers_mut();
-    *headers = upstream.headers;
-    for (name, value) in &provider.headers {
-        headers.insert(name, value.clone());
-    }
-    if let Some((name, value)) = &provider.credential {
-        headers.insert(name, value.clone());
-    }
-    headers.insert("x-request-id", call.request_id.clone());
-    headers.insert(header::USER_AGENT, USER_AGENT);
-    request
-}
-
-/// `text/event-stream` with the headers that stop proxies from buffering it.
-pub fn sse_headers(headers: &mut http::HeaderMap) {
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream"),
-    );
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
-}
-
-/// Reads a whole backend body, at most `limit` bytes, before `deadline`.
-async fn read_body(body: UpstreamBody, limit: usize, deadline: Instant) -> Result<Bytes, Failure> {
-    match tokio::time::timeout_at(deadline, Limited::new(body, limit).collect()).await {
-        Ok(Ok(collected)) => Ok(collected.to_bytes()),
-        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(Failure::protocol(
-            format!("the response is larger than {limit} bytes"),
-        )),
-        Ok(Err(e)) => Err(Failure::protocol(format!(
-            "the response broke off: {}",
-            error_chain(&*e)
-        ))),
-        Err(_) => Err(Failure::new(
-            Cause::TotalTimeout,
-            "the request took longer than the total timeout",
-        )),
-    }
-}
-
-/// The client's error for a failure that ends the request. Whatever the
-/// backend said is scrubbed of the provider's key.
-pub fn final_error(provider: &Provider, mut f: Failure) -> Error {
-    if let Some(key) = &provider.api_key {
-        f.message = key.redact(&f.message).into_owned();
-    }
-    let provider = &provider.id;
-    let said = |what: &str| format!("provider {provider} {what}: {}", f.message);
-    match f.cause {
-        Cause::Status(
-            s @ (StatusCode::BAD_REQUEST
-            | StatusCode::NOT_FOUND
-            | StatusCode::PAYLOAD_TOO_LARGE
-            | StatusCode::UNPROCESSABLE_ENTITY),
-        ) => {
-            let mut e = Error::new(Kind::UpstreamRejected(s), f.message);
-            e.code = f.code;
-            e
-        }
-        Cause::Status(StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) => Error::new(
-            Kind::Upstream,
-            format!("provider {provider} rejected the gateway's credentials"),
-        ),
-        Cause::Status(s) if s.as_u16() == 429 || s.as_u16() == 529 => Error::new(
-            Kind::UpstreamRateLimited,
-            said(&format!("is rate limiting ({})", s.as_u16())),
-        )
-        .with_retry_after(f.retry_after),
-        Cause::Status(s) => Error::new(Kind::Upstream, said(&format!("answered {}", s.as_u16()))),
-        Cause::Connect => Error::new(Kind::Upstream, said("is unreachable")),
-        Cause::FirstByteTimeout | Cause::IdleTimeout | Cause::TotalTimeout => {
-            Error::new(Kind::UpstreamTimeout, said("timed out"))
-        }
-        Cause::Protocol | Cause::InBand => Error::new(Kind::Upstream, said("failed")),
+        Err(DispatchError::Refused(e)) => Err(e),
+        Err(DispatchError::Failed {
+            failure, provider, ..
+        }) => Err(final_error(&provider, failure)),
     }
 }

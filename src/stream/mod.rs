@@ -186,7 +186,11 @@ impl Relay {
             Cause::FirstByteTimeout | Cause::IdleTimeout | Cause::TotalTimeout => {
                 Kind::UpstreamTimeout
             }
-            Cause::Connect | Cause::Status(_) | Cause::Protocol | Cause::InBand => Kind::Upstream,
+            Cause::Connect
+            | Cause::Status(_)
+            | Cause::Protocol
+            | Cause::InBand
+            | Cause::Saturated => Kind::Upstream,
         };
         let said = match &self.provider.api_key {
             Some(key) => key.redact(&failure.message).into_owned(),

@@ -1,0 +1,231 @@
+//! Choosing a target, and the service that tries it.
+//!
+//! Balancing is weighted power-of-two-choices: two candidates are drawn by
+//! weight (with replacement) from the targets in rotation, and the second
+//! wins only when its cost (peak-EWMA latency to first byte × requests in
+//! flight) is clearly lower. With similar latencies traffic follows the
+//! weights; a slower target gets less than its share but is never starved,
+//! so it keeps being measured.
+//!
+//! tower's `balance::p2c` is not used: it wants a `Discover` of ready
+//! services behind `&mut self` (so a `Buffer` task per alias), and it knows
+//! neither weights, nor cooldowns and probes, nor "prefer a target this
+//! request has not tried yet". Nor is `load::PeakEwma`: its cost is opaque
+//! (only ordered), so "clearly faster" cannot be told from noise with it.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
+
+use http::Response;
+use tokio::time::Instant;
+
+use super::attempt::{self, AttemptError};
+use super::health::{Availability, ProbeGuard};
+use super::{Attempt, DispatchError};
+use crate::body::Body;
+use crate::metrics::Metrics;
+use crate::route::Target;
+use crate::upstream::{Cause, Failure};
+
+/// The outcome of choosing.
+pub enum Choice {
+    /// A target in rotation (with the probe slot when it is ending a cooldown).
+    Target(usize, Option<ProbeGuard>),
+    /// Every target is cooling down: the one whose cooldown ends first, for one try.
+    LastResort(usize),
+}
+
+/// Chooses a target of `targets`, preferring those not in `tried`.
+pub fn choose(targets: &[Target], tried: &[usize], now: Instant) -> Choice {
+    let mut rotation: Vec<(usize, Availability)> = targets
+        .iter()
+        .enumerate()
+        .filter(|(_, t)| t.weight > 0)
+        .map(|(i, t)| (i, t.state.availability(now)))
+        .filter(|(_, a)| !matches!(a, Availability::Cooling(_)))
+        .collect();
+    let untried: Vec<(usize, Availability)> = rotation
+        .iter()
+        .copied()
+        .filter(|(i, _)| !tried.contains(i))
+        .collect();
+    if !untried.is_empty() {
+        rotation = untried;
+    }
+    while !rotation.is_empty() {
+        let a = draw(targets, &rotation);
+        let b = draw(targets, &rotation);
+        let pick = if a != b && clearly_faster(&targets[rotation[b].0], &targets[rotation[a].0]) {
+            b
+        } else {
+            a
+        };
+        let (index, availability) = rotation[pick];
+        if availability == Availability::Healthy {
+            return Choice::Target(index, None);
+        }
+        match targets[index].state.start_probe() {
+            Some(probe) => return Choice::Target(index, Some(probe)),
+            // Another request is probing it: not a candidate now.
+            None => {
+                rotation.swap_remove(pick);
+            }
+        }
+    }
+    let earliest = targets
+        .iter()
+        .enumerate()
+        .filter(|(_, t)| t.weight > 0)
+        .min_by_key(|(_, t)| match t.state.availability(now) {
+            Availability::Cooling(until) => until,
+            _ => now,
+        })
+        .map_or(0, |(i, _)| i);
+    Choice::LastResort(earliest)
+}
+
+/// Whether `b` is faster than `a` by more than noise: a fifth of `a`'s cost
+/// and at least a millisecond. Closer than that, the weights decide.
+fn clearly_faster(b: &Target, a: &Target) -> bool {
+    let (cb, ca) = (b.state.cost(), a.state.cost());
+    ca - cb > (ca * 0.2).max(1e6)
+}
+
+/// A position in `rotation`, drawn in proportion to the targets' weights.
+fn draw(targets: &[Target], rotation: &[(usize, Availability)]) -> usize {
+    let total: u64 = rotation
+        .iter()
+        .map(|(i, _)| u64::from(targets[*i].weight))
+        .sum();
+    let mut r = fastrand::u64(0..total.max(1));
+    for (pos, (i, _)) in rotation.iter().enumerate() {
+        let w = u64::from(targets[*i].weight);
+        if r < w {
+            return pos;
+        }
+        r -= w;
+    }
+    rotation.len() - 1
+}
+
+/// The innermost service: choose a target, take a concurrency slot, try it,
+/// and record the outcome in the target's health.
+#[derive(Clone)]
+pub struct Pick {
+    metrics: Arc<Metrics>,
+}
+
+impl Pick {
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Pick { metrics }
+    }
+}
+
+impl tower::Service<Attempt> for Pick {
+    type Response = Response<Body>;
+    type Error = DispatchError;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, DispatchError>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), DispatchError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, attempt: Attempt) -> Self::Future {
+        let metrics = self.metrics.clone();
+        Box::pin(async move { try_target(attempt, &metrics).await })
+    }
+}
+
+async fn try_target(attempt: Attempt, metrics: &Metrics) -> Result<Response<Body>, DispatchError> {
+    let (index, probe, last_resort) =
+        match choose(&attempt.alias.targets, &attempt.tried, Instant::now()) {
+            Choice::Target(i, probe) => (i, probe, false),
+            Choice::LastResort(i) => (i, None, true),
+        };
+    let target = &attempt.alias.targets[index];
+    let provider = &target.provider;
+    let call = &attempt.call;
+    let model = target.model.as_deref().unwrap_or(&attempt.default_model);
+    call.attempts.fetch_add(1, Ordering::Relaxed);
+    let failed = |failure| DispatchError::Failed {
+        failure,
+        provider: provider.clone(),
+        target: index,
+        last_resort,
+    };
+
+    let permit = match &provider.limiter {
+        None => None,
+        Some(limiter) => {
+            let deadline = call.started + provider.timeouts.total;
+            match tokio::time::timeout_at(deadline, limiter.acquire()).await {
+                Ok(Ok(permit)) => Some(permit),
+                Ok(Err(_)) => {
+                    return Err(failed(Failure::new(
+                        Cause::Saturated,
+                        format!(
+                            "is at its concurrency limit ({} running, {} queued)",
+                            limiter.max_concurrent, limiter.max_queue
+                        ),
+                    )));
+                }
+                Err(_) => {
+                    return Err(failed(Failure::new(
+                        Cause::TotalTimeout,
+                        "the request timed out waiting for a free slot",
+                    )));
+                }
+            }
+        }
+    };
+
+    let state = &target.state;
+    let in_flight = state.begin();
+    let started = Instant::now();
+    let result = attempt::attempt(call, target, model, permit, metrics).await;
+    drop(in_flight);
+    if matches!(
+        &result,
+        Ok(_)
+            | Err(AttemptError::Failed(Failure {
+                cause: Cause::FirstByteTimeout,
+                ..
+            }))
+    ) {
+        state.observe(started.elapsed());
+    }
+    let routing = &call.snapshot.routing;
+    let outcome = match result {
+        Ok(response) => {
+            state.success();
+            Ok(response)
+        }
+        Err(AttemptError::Refused(e)) => Err(DispatchError::Refused(e)),
+        Err(AttemptError::Failed(failure)) => {
+            match failure.cause {
+                // The client's request was bad: the target itself is fine.
+                Cause::Status(s) if matches!(s.as_u16(), 400 | 404 | 413 | 422) => state.success(),
+                Cause::Status(s) if matches!(s.as_u16(), 401 | 403) => {
+                    state.cool_down(routing.cooldown_for, "rejected the gateway's credentials")
+                }
+                Cause::Status(s)
+                    if matches!(s.as_u16(), 429 | 529)
+                        && failure.retry_after.is_some_and(|a| a > routing.backoff_max) =>
+                {
+                    state.cool_down(
+                        failure.retry_after.unwrap_or_default(),
+                        "asked to retry later",
+                    )
+                }
+                Cause::Saturated | Cause::TotalTimeout => {}
+                _ => state.failure(routing.cooldown_after, routing.cooldown_for),
+            }
+            Err(failed(failure))
+        }
+    };
+    drop(probe);
+    outcome
+}

@@ -1,0 +1,364 @@
+//! Target health: consecutive failures, cooldowns, single probes after a
+//! cooldown, a latency estimate for balancing, and optional active checks.
+//!
+//! One [`TargetState`] per (provider, model) lives in [`HealthTable`], outside
+//! the config snapshot, so a reload keeps what was learnt about a target.
+//! Compiling a config hands each `route::Target` its state, so the request
+//! path never looks anything up.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, Uri};
+use http_body_util::Full;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::metrics::Metrics;
+use crate::provider::Provider;
+
+/// Fixed origin for cooldown deadlines kept in atomics.
+static ORIGIN: LazyLock<Instant> = LazyLock::new(Instant::now);
+
+fn to_nanos(at: Instant) -> u64 {
+    at.saturating_duration_since(*ORIGIN).as_nanos() as u64 + 1
+}
+
+/// The latency estimate of a target never measured.
+const DEFAULT_RTT: Duration = Duration::from_millis(50);
+/// How fast old latency samples stop counting.
+const DECAY: Duration = Duration::from_secs(10);
+
+/// A peak-sensitive moving average of latency to first byte: the first
+/// sample sets it, a slower sample is taken at once, faster ones pull it down
+/// with a 10 s decay, and every sample moves it by a tenth at least (so
+/// frequent traffic converges in a few requests).
+#[derive(Debug)]
+struct Latency {
+    nanos: f64,
+    at: Instant,
+    measured: bool,
+}
+
+impl Latency {
+    fn observe(&mut self, sample: Duration, now: Instant) {
+        let sample = sample.as_nanos() as f64;
+        if !self.measured || sample > self.nanos {
+            self.nanos = sample;
+            self.measured = true;
+        } else {
+            let elapsed = now.saturating_duration_since(self.at).as_nanos() as f64;
+            let keep = (-elapsed / DECAY.as_nanos() as f64).exp().min(0.9);
+            self.nanos = self.nanos * keep + sample * (1.0 - keep);
+        }
+        self.at = now;
+    }
+}
+
+/// What the balancer may do with a target now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Availability {
+    Healthy,
+    /// The cooldown is over and no probe is running: one request may probe.
+    Probe,
+    /// In cooldown until then (or a probe is running).
+    Cooling(Instant),
+}
+
+pub struct TargetState {
+    pub provider: Arc<str>,
+    /// The `model` label: the configured backend model, or the alias for a wildcard.
+    pub model: Arc<str>,
+    latency: Mutex<Latency>,
+    inflight: AtomicU32,
+    failures: AtomicU32,
+    /// When the cooldown ends (nanoseconds past `ORIGIN`, plus one); 0: none.
+    cooldown_until: AtomicU64,
+    probing: AtomicBool,
+    gauge: prometheus::IntGauge,
+}
+
+impl std::fmt::Debug for TargetState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TargetState")
+            .field("provider", &self.provider)
+            .field("model", &self.model)
+            .field("failures", &self.failures.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+impl TargetState {
+    fn new(provider: Arc<str>, model: Arc<str>, metrics: &Metrics) -> Self {
+        let gauge = metrics
+            .target_healthy
+            .with_label_values(&[&provider, &model]);
+        gauge.set(1);
+        TargetState {
+            provider,
+            model,
+            latency: Mutex::new(Latency {
+                nanos: DEFAULT_RTT.as_nanos() as f64,
+                at: Instant::now(),
+                measured: false,
+            }),
+            inflight: AtomicU32::new(0),
+            failures: AtomicU32::new(0),
+            cooldown_until: AtomicU64::new(0),
+            probing: AtomicBool::new(false),
+            gauge,
+        }
+    }
+
+    pub fn availability(&self, now: Instant) -> Availability {
+        let until = self.cooldown_until.load(Ordering::Acquire);
+        if until == 0 {
+            return Availability::Healthy;
+        }
+        let until = *ORIGIN + Duration::from_nanos(until - 1);
+        if now < until || self.probing.load(Ordering::Acquire) {
+            Availability::Cooling(until)
+        } else {
+            Availability::Probe
+        }
+    }
+
+    /// Claims the single probe after a cooldown; `None` when another request has it.
+    pub fn start_probe(self: &Arc<Self>) -> Option<ProbeGuard> {
+        self.probing
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .ok()
+            .map(|_| ProbeGuard(self.clone()))
+    }
+
+    /// The balancing cost: latency to first byte times (requests in flight + 1),
+    /// in nanoseconds.
+    pub fn cost(&self) -> f64 {
+        let nanos = self.latency.lock().unwrap_or_else(|p| p.into_inner()).nanos;
+        nanos * f64::from(self.inflight.load(Ordering::Relaxed) + 1)
+    }
+
+    /// Counts a request in flight until the guard drops.
+    pub fn begin(self: &Arc<Self>) -> InFlight {
+        self.inflight.fetch_add(1, Ordering::Relaxed);
+        InFlight(self.clone())
+    }
+
+    /// Adds a latency-to-first-byte sample.
+    pub fn observe(&self, sample: Duration) {
+        self.latency
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .observe(sample, Instant::now());
+    }
+
+    /// A good answer: back in rotation, failure count cleared.
+    pub fn success(&self) {
+        self.failures.store(0, Ordering::Relaxed);
+        if self.cooldown_until.swap(0, Ordering::AcqRel) != 0 {
+            tracing::info!(provider = %self.provider, model = %self.model, "target back in rotation");
+        }
+        self.gauge.set(1);
+    }
+
+    /// A failure; the `after`-th in a row starts a cooldown of `duration`.
+    pub fn failure(&self, after: u32, duration: Duration) {
+        let failures = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
+        let probing = self.probing.load(Ordering::Acquire);
+        if failures >= after.max(1) || probing {
+            self.cool_down(duration, "failures in a row");
+        }
+    }
+
+    /// Takes the target out of rotation for `duration`.
+    pub fn cool_down(&self, duration: Duration, why: &str) {
+        let until = Instant::now() + duration;
+        let previous = self.cooldown_until.swap(to_nanos(until), Ordering::AcqRel);
+        self.gauge.set(0);
+        if previous == 0 {
+            tracing::warn!(
+                provider = %self.provider,
+                model = %self.model,
+                cooldown = %humantime::format_duration(duration),
+                failures = self.failures.load(Ordering::Relaxed),
+                why,
+                "target out of rotation"
+            );
+        }
+    }
+}
+
+/// One request in flight to a target.
+pub struct InFlight(Arc<TargetState>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.inflight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Releases the probe slot when the probing attempt ends, however it ends.
+pub struct ProbeGuard(Arc<TargetState>);
+
+impl Drop for ProbeGuard {
+    fn drop(&mut self) {
+        self.0.probing.store(false, Ordering::Release);
+    }
+}
+
+/// (provider, model label): what identifies a target across reloads.
+pub type TargetKey = (Arc<str>, Arc<str>);
+
+/// Every target's state, keyed by (provider, model label).
+#[derive(Default)]
+pub struct HealthTable {
+    targets: Mutex<HashMap<TargetKey, Arc<TargetState>>>,
+    checks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl HealthTable {
+    /// The state of a target, made on first use.
+    pub fn target(
+        &self,
+        provider: &Arc<str>,
+        model: &Arc<str>,
+        metrics: &Metrics,
+    ) -> Arc<TargetState> {
+        let mut targets = self.targets.lock().unwrap_or_else(|p| p.into_inner());
+        targets
+            .entry((provider.clone(), model.clone()))
+            .or_insert_with(|| Arc::new(TargetState::new(provider.clone(), model.clone(), metrics)))
+            .clone()
+    }
+
+    /// Forgets targets no config uses any more, and their gauges.
+    pub fn retain(&self, keep: &[TargetKey], metrics: &Metrics) {
+        let mut targets = self.targets.lock().unwrap_or_else(|p| p.into_inner());
+        targets.retain(|key, _| {
+            let kept = keep.contains(key);
+            if !kept {
+                let _ = metrics
+                    .target_healthy
+                    .remove_label_values(&[&key.0, &key.1]);
+            }
+            kept
+        });
+    }
+
+    /// Replaces the active health checks with those of `providers`.
+    pub fn start_checks(
+        &self,
+        providers: &[(Arc<Provider>, Vec<Arc<TargetState>>)],
+        cooldown: Duration,
+    ) {
+        let mut checks = self.checks.lock().unwrap_or_else(|p| p.into_inner());
+        for task in checks.drain(..) {
+            task.abort();
+        }
+        for (provider, targets) in providers {
+            if let Some(check) = provider.health_check.clone() {
+                let provider = provider.clone();
+                let targets = targets.clone();
+                checks.push(tokio::spawn(run_check(provider, check, targets, cooldown)));
+            }
+        }
+    }
+}
+
+/// An active health check of a provider.
+#[derive(Debug, Clone)]
+pub struct HealthCheck {
+    pub url: Uri,
+    pub interval: Duration,
+    pub timeout: Duration,
+}
+
+async fn run_check(
+    provider: Arc<Provider>,
+    check: HealthCheck,
+    targets: Vec<Arc<TargetState>>,
+    cooldown: Duration,
+) {
+    let mut ticks = tokio::time::interval(check.interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let mut request = Request::new(Full::new(Bytes::new()));
+        *request.method_mut() = Method::GET;
+        *request.uri_mut() = check.url.clone();
+        if let Some((name, value)) = &provider.credential {
+            request.headers_mut().insert(name, value.clone());
+        }
+        let outcome = tokio::time::timeout(check.timeout, provider.transport.send(request)).await;
+        let passed = matches!(&outcome, Ok(Ok(r)) if r.status().is_success());
+        if passed {
+            targets.iter().for_each(|t| t.success());
+        } else {
+            let why = match &outcome {
+                Ok(Ok(r)) => format!("health check answered {}", r.status().as_u16()),
+                Ok(Err(f)) => format!("health check failed: {}", f.message),
+                Err(_) => "health check timed out".to_owned(),
+            };
+            targets.iter().for_each(|t| t.cool_down(cooldown, &why));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latency_takes_peaks_at_once_and_decays_slowly() {
+        let start = Instant::now();
+        let mut l = Latency {
+            nanos: 5e7,
+            at: start,
+            measured: false,
+        };
+        l.observe(Duration::from_millis(1), start);
+        assert_eq!(l.nanos, 1e6, "the first sample replaces the default");
+        l.observe(Duration::from_millis(10), start);
+        assert_eq!(l.nanos, 1e7, "a slower sample is taken at once");
+        l.observe(Duration::from_millis(1), start + Duration::from_secs(1));
+        assert!(l.nanos > 8e6 && l.nanos <= 9.1e6, "{}", l.nanos);
+        l.observe(Duration::from_millis(1), start + Duration::from_secs(60));
+        assert!(l.nanos < 1.1e6, "{}", l.nanos);
+        let before = l.nanos;
+        l.observe(Duration::ZERO, start + Duration::from_secs(60));
+        assert!(
+            l.nanos <= before * 0.9 + 1.0,
+            "each sample moves it a tenth at least"
+        );
+    }
+
+    #[test]
+    fn cooldown_probe_and_recovery() {
+        let metrics = Metrics::new();
+        let t = Arc::new(TargetState::new("p".into(), "m".into(), &metrics));
+        let now = Instant::now();
+        assert_eq!(t.availability(now), Availability::Healthy);
+        t.failure(2, Duration::from_secs(30));
+        assert_eq!(t.availability(now), Availability::Healthy);
+        t.failure(2, Duration::from_secs(30));
+        assert!(matches!(
+            t.availability(Instant::now()),
+            Availability::Cooling(_)
+        ));
+        let later = Instant::now() + Duration::from_secs(31);
+        assert_eq!(t.availability(later), Availability::Probe);
+        let probe = t.start_probe().expect("the probe slot");
+        assert!(t.start_probe().is_none(), "one probe at a time");
+        assert!(matches!(t.availability(later), Availability::Cooling(_)));
+        t.success();
+        drop(probe);
+        assert_eq!(t.availability(later), Availability::Healthy);
+        assert_eq!(
+            metrics.target_healthy.with_label_values(&["p", "m"]).get(),
+            1
+        );
+    }
+}
