@@ -7,6 +7,7 @@
 //!
 //! Adding a dialect is one new module and one arm in [`build`].
 
+pub mod anthropic;
 pub mod demo;
 pub mod openai;
 
@@ -96,6 +97,7 @@ pub fn build(
 ) -> Option<Built> {
     match raw.kind.as_str() {
         "openai" => openai::build(id, raw, path, problems),
+        "anthropic" => anthropic::build(id, raw, path, problems),
         "demo" => demo::build(id, raw, path, problems),
         other => {
             problems.push(Problem::new(
