@@ -9,6 +9,7 @@
 
 pub mod anthropic;
 pub mod demo;
+pub mod ollama;
 pub mod openai;
 
 use std::fmt::Debug;
@@ -99,6 +100,7 @@ pub fn build(
         "openai" => openai::build(id, raw, path, problems),
         "anthropic" => anthropic::build(id, raw, path, problems),
         "demo" => demo::build(id, raw, path, problems),
+        "ollama" => ollama::build(id, raw, path, problems),
         other => {
             problems.push(Problem::new(
                 path.key("type"),
