@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 
+use crate::discovery::ModelList;
 use crate::registry::{Shared, Snapshot};
 
 #[derive(Debug, Parser)]
@@ -131,7 +132,30 @@ fn models(path: &Path) -> ExitCode {
         "BACKEND MODEL".to_owned(),
         "WEIGHT".to_owned(),
     ]];
+    let discovered = discover(&snapshot);
     for alias in &snapshot.aliases.all {
+        if alias.wildcard {
+            for name in crate::discovery::expand(alias, |p| {
+                discovered
+                    .get(p)
+                    .cloned()
+                    .unwrap_or_else(|| std::sync::Arc::from([]))
+            }) {
+                if let Some(route) = snapshot.aliases.resolve(&name)
+                    && std::sync::Arc::ptr_eq(&route.alias, alias)
+                {
+                    for t in alias.targets.iter().filter(|t| t.model.is_none()) {
+                        rows.push([
+                            name.clone(),
+                            t.provider.id.to_string(),
+                            t.provider.kind.clone(),
+                            route.default_model.to_string(),
+                            t.weight.to_string(),
+                        ]);
+                    }
+                }
+            }
+        }
         for t in &alias.targets {
             let model = match (&t.model, alias.wildcard) {
                 (Some(m), _) => m.to_string(),
@@ -159,6 +183,37 @@ fn models(path: &Path) -> ExitCode {
         println!("{}", line.join("  ").trim_end());
     }
     ExitCode::SUCCESS
+}
+
+/// Asks every provider with `discover` on for its models, once.
+fn discover(snapshot: &Snapshot) -> std::collections::HashMap<String, ModelList> {
+    let mut found = std::collections::HashMap::new();
+    let providers: Vec<_> = snapshot
+        .providers
+        .values()
+        .filter(|p| p.discover.is_some())
+        .cloned()
+        .collect();
+    if providers.is_empty() {
+        return found;
+    }
+    let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
+        return found;
+    };
+    runtime.block_on(async {
+        for p in providers {
+            match crate::discovery::fetch(&p).await {
+                Ok(models) => {
+                    found.insert(p.id.to_string(), models.into());
+                }
+                Err(f) => eprintln!("{}: cannot list its models: {}", p.id, f.message),
+            }
+        }
+    });
+    found
 }
 
 fn keys_new(id: &str) -> ExitCode {

@@ -32,6 +32,7 @@ use tokio::time::Instant;
 use crate::auth::Caller;
 use crate::body::Body;
 use crate::call::Call;
+use crate::discovery::Discovery;
 use crate::dispatch::{self, Served};
 use crate::error::{Error, Kind};
 use crate::metrics::Metrics;
@@ -141,7 +142,12 @@ where
     record.key = Some(caller.clone());
 
     if endpoint == Endpoint::Models {
-        return models(&snapshot, &caller, request.uri().path());
+        return models(
+            &snapshot,
+            &state.registry.shared.discovery,
+            &caller,
+            request.uri().path(),
+        );
     }
 
     // 5. read
@@ -170,7 +176,7 @@ where
         .with_param("model")
     })?;
     record.model = Some(route.alias.name.clone());
-    if !caller.may_use(&route.alias.name) {
+    if !caller.may_use(&view.model) {
         return Err(Error::new(
             Kind::ModelNotAllowed,
             format!("this key may not use the model `{}`", view.model),
@@ -250,7 +256,14 @@ fn endpoint(method: &Method, path: &str) -> Result<Endpoint, Error> {
 }
 
 /// `GET /v1/models` and `GET /v1/models/{id}`.
-fn models(snapshot: &Snapshot, caller: &Caller, path: &str) -> Result<Response<Body>, Error> {
+/// Every alias the caller may use, and for wildcard aliases over
+/// discovering providers, the concrete names they stand for.
+fn models(
+    snapshot: &Snapshot,
+    discovery: &Discovery,
+    caller: &Caller,
+    path: &str,
+) -> Result<Response<Body>, Error> {
     let object = |id| ModelObject {
         id,
         object: "model",
@@ -258,21 +271,30 @@ fn models(snapshot: &Snapshot, caller: &Caller, path: &str) -> Result<Response<B
         owned_by: "switchyard",
     };
     let body = match path.trim_end_matches('/').strip_prefix("/v1/models/") {
-        None => serde_json::to_vec(&ModelList {
-            object: "list",
-            data: snapshot
-                .aliases
-                .all
-                .iter()
-                .filter(|a| caller.may_use(&a.name))
-                .map(|a| object(&a.name))
-                .collect(),
-        }),
+        None => {
+            let mut names: Vec<String> = Vec::new();
+            for alias in &snapshot.aliases.all {
+                if caller.may_use(&alias.name) {
+                    names.push(alias.name.to_string());
+                }
+                if alias.wildcard {
+                    let concrete = crate::discovery::expand(alias, |p| discovery.models(p));
+                    names.extend(concrete.into_iter().filter(|n| {
+                        caller.may_use(n)
+                            && snapshot
+                                .aliases
+                                .resolve(n)
+                                .is_some_and(|r| Arc::ptr_eq(&r.alias, alias))
+                    }));
+                }
+            }
+            serde_json::to_vec(&ModelList {
+                object: "list",
+                data: names.iter().map(|n| object(n)).collect(),
+            })
+        }
         Some(id) => {
-            let allowed = snapshot
-                .aliases
-                .resolve(id)
-                .is_some_and(|r| caller.may_use(&r.alias.name));
+            let allowed = snapshot.aliases.resolve(id).is_some() && caller.may_use(id);
             if !allowed {
                 return Err(Error::new(
                     Kind::ModelNotFound,

@@ -29,4 +29,6 @@ pub struct Provider {
     /// The concurrency cap, when `max_concurrent` is set.
     pub limiter: Option<Arc<Limiter>>,
     pub health_check: Option<HealthCheck>,
+    /// How often to list the backend's models, when `discover` is on.
+    pub discover: Option<std::time::Duration>,
 }

@@ -14,6 +14,7 @@ use indexmap::IndexMap;
 
 use crate::auth::KeyTable;
 use crate::config::raw::LogFormat;
+use crate::discovery::Discovery;
 use crate::dispatch::health::HealthTable;
 use crate::dispatch::limit::LimiterTable;
 use crate::dispatch::retry::{BudgetTable, Routing};
@@ -57,6 +58,7 @@ pub struct Shared {
     pub health: HealthTable,
     pub limiters: LimiterTable,
     pub budgets: BudgetTable,
+    pub discovery: Arc<Discovery>,
 }
 
 /// The current snapshot.
@@ -134,6 +136,9 @@ impl Registry {
             shared
                 .health
                 .start_checks(&checked, snapshot.routing.cooldown_for);
+            shared
+                .discovery
+                .start(snapshot.providers.values().cloned().collect());
         }
     }
 }

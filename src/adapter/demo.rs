@@ -9,6 +9,7 @@
 //! - anything else answers with a fixed text.
 //!
 //! `max_tokens` / `max_completion_tokens` cut the answer (finish reason `length`).
+//! `GET …/models` lists `demo` and `echo`, so discovery works against it too.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -81,6 +82,16 @@ impl Backend {
     /// Answers one OpenAI request.
     pub async fn handle(&self, request: Request<Full<Bytes>>) -> Response<UpstreamBody> {
         let path = request.uri().path().to_owned();
+        if path.ends_with("/models") {
+            let data: Vec<Value> = ["demo", "echo"]
+                .iter()
+                .map(|id| json!({"id": id, "object": "model", "created": 0, "owned_by": "switchyard"}))
+                .collect();
+            return json_response(
+                StatusCode::OK,
+                json!({"object": "list", "data": data}).to_string(),
+            );
+        }
         let body = match request.into_body().collect().await {
             Ok(b) => b.to_bytes(),
             Err(never) => match never {},

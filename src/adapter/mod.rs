@@ -45,6 +45,20 @@ pub trait Adapter: Send + Sync + Debug {
     fn failure(&self, status: StatusCode, headers: &HeaderMap, body: &[u8]) -> Failure {
         status_failure(status, headers, body)
     }
+
+    /// Where the backend lists its models (`GET`), for `discover: true`;
+    /// `None` when the dialect has no such listing.
+    fn models_uri(&self) -> Option<Uri> {
+        None
+    }
+
+    /// The model names in that listing.
+    fn parse_models(&self, body: &[u8]) -> Result<Vec<String>, Failure> {
+        let _ = body;
+        Err(Failure::protocol(
+            "this backend type cannot list its models",
+        ))
+    }
 }
 
 /// What an adapter asks the transport to send.

@@ -79,6 +79,7 @@ pub struct Ollama {
     id: String,
     chat: Uri,
     embed: Uri,
+    tags: Uri,
     /// Seconds, as Ollama reads a number.
     keep_alive: Option<Number>,
     options: Map<String, Value>,
@@ -109,6 +110,7 @@ impl Ollama {
             id: id.to_owned(),
             chat: super::join(&base, "/api/chat"),
             embed: super::join(&base, "/api/embed"),
+            tags: super::join(&base, "/api/tags"),
             keep_alive,
             options: options.options.unwrap_or_default(),
         })
@@ -305,6 +307,29 @@ impl Adapter for Ollama {
             failure.code = Some("model_not_found".to_owned());
         }
         failure
+    }
+
+    fn models_uri(&self) -> Option<Uri> {
+        Some(self.tags.clone())
+    }
+
+    fn parse_models(&self, body: &[u8]) -> Result<Vec<String>, Failure> {
+        #[derive(Deserialize)]
+        struct Tags {
+            models: Vec<Tag>,
+        }
+        #[derive(Deserialize)]
+        struct Tag {
+            model: Option<String>,
+            name: Option<String>,
+        }
+        let tags: Tags = serde_json::from_slice(body)
+            .map_err(|e| Failure::protocol(format!("/api/tags is not Ollama's shape: {e}")))?;
+        Ok(tags
+            .models
+            .into_iter()
+            .filter_map(|t| t.model.or(t.name))
+            .collect())
     }
 }
 

@@ -40,6 +40,7 @@ pub struct OpenAi {
     chat: Uri,
     completions: Uri,
     embeddings: Uri,
+    models: Uri,
 }
 
 impl OpenAi {
@@ -48,6 +49,7 @@ impl OpenAi {
             chat: super::join(base, Endpoint::Chat.path()),
             completions: super::join(base, Endpoint::Completions.path()),
             embeddings: super::join(base, Endpoint::Embeddings.path()),
+            models: super::join(base, Endpoint::Models.path()),
         }
     }
 }
@@ -90,6 +92,24 @@ impl Adapter for OpenAi {
 
     fn decoder(&self, call: &Call) -> Box<dyn Decoder> {
         Box::new(PassthroughStream::new(call.model_json.clone()))
+    }
+
+    fn models_uri(&self) -> Option<Uri> {
+        Some(self.models.clone())
+    }
+
+    fn parse_models(&self, body: &[u8]) -> Result<Vec<String>, Failure> {
+        #[derive(Deserialize)]
+        struct List {
+            data: Vec<Item>,
+        }
+        #[derive(Deserialize)]
+        struct Item {
+            id: String,
+        }
+        let list: List = serde_json::from_slice(body)
+            .map_err(|e| Failure::protocol(format!("the model list is not OpenAI's shape: {e}")))?;
+        Ok(list.data.into_iter().map(|m| m.id).collect())
     }
 }
 

@@ -439,6 +439,25 @@ fn provider(
         })
     });
 
+    let discover = match &raw.discover {
+        None | Some(raw::Discover::On(false)) => None,
+        Some(raw::Discover::On(true)) => Some(Duration::from_secs(60)),
+        Some(raw::Discover::Every { interval }) => {
+            duration(interval, &path.key("discover").key("interval"), problems)
+                .filter(|d| !d.is_zero())
+        }
+    };
+    if discover.is_some()
+        && built
+            .as_ref()
+            .is_some_and(|b| b.adapter.models_uri().is_none())
+    {
+        problems.push(Problem::new(
+            path.key("discover"),
+            format!("a provider of type {} cannot list its models", raw.kind),
+        ));
+    }
+
     let built = built?;
     if problems.len() != before {
         return None;
@@ -467,6 +486,7 @@ fn provider(
         pool,
         limiter,
         health_check,
+        discover,
     })
 }
 

@@ -165,8 +165,24 @@ pub struct Provider {
     /// Requests that may wait for a slot; more get 503 at once.
     pub max_queue: Option<u32>,
     pub health_check: Option<HealthCheck>,
+    /// List the backend's models for wildcard aliases: `true`, or `{interval: 5m}`.
+    pub discover: Option<Discover>,
     #[serde(flatten)]
     pub options: Map<String, Value>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Discover {
+    On(bool),
+    Every {
+        #[serde(default = "default_discover_interval")]
+        interval: String,
+    },
+}
+
+fn default_discover_interval() -> String {
+    "60s".into()
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -1,0 +1,150 @@
+//! Model discovery: providers with `discover: true` are asked, in the
+//! background, which models they serve (`GET …/models` for OpenAI-compatible
+//! servers, `/api/tags` for Ollama). Wildcard aliases that route to them list
+//! those models in `/v1/models` and `switchyard models`. A backend that is down
+//! keeps its last list.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request};
+use http_body_util::{BodyExt, Full, Limited};
+use tokio::task::JoinHandle;
+
+use crate::provider::Provider;
+use crate::route::Alias;
+use crate::upstream::Failure;
+
+/// A provider's model names.
+pub type ModelList = Arc<[Arc<str>]>;
+
+/// The last model list of every discovering provider, kept across reloads.
+#[derive(Default)]
+pub struct Discovery {
+    lists: Mutex<HashMap<Arc<str>, ModelList>>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Discovery {
+    /// The models `provider` reported last (empty before its first answer).
+    pub fn models(&self, provider: &str) -> ModelList {
+        let lists = self.lists.lock().unwrap_or_else(|p| p.into_inner());
+        lists
+            .get(provider)
+            .cloned()
+            .unwrap_or_else(|| Arc::from([]))
+    }
+
+    fn set(&self, provider: &Arc<str>, models: Vec<Arc<str>>) {
+        let mut lists = self.lists.lock().unwrap_or_else(|p| p.into_inner());
+        let changed = lists.get(provider).is_none_or(|old| **old != *models);
+        if changed {
+            tracing::info!(provider = %provider, models = models.len(), "discovered the provider's models");
+            lists.insert(provider.clone(), models.into());
+        }
+    }
+
+    /// Replaces the refresh tasks with one per discovering provider.
+    pub fn start(self: &Arc<Self>, providers: Vec<Arc<Provider>>) {
+        let mut tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
+        for task in tasks.drain(..) {
+            task.abort();
+        }
+        {
+            let ids: Vec<&str> = providers.iter().map(|p| &*p.id).collect();
+            let mut lists = self.lists.lock().unwrap_or_else(|p| p.into_inner());
+            lists.retain(|k, _| ids.contains(&&**k));
+        }
+        for provider in providers {
+            let Some(every) = provider.discover else {
+                continue;
+            };
+            let table = self.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut ticks = tokio::time::interval(every);
+                ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    ticks.tick().await;
+                    match fetch(&provider).await {
+                        Ok(models) => table.set(&provider.id, models),
+                        Err(f) => tracing::warn!(
+                            provider = %provider.id,
+                            error = %f.message,
+                            "model discovery failed; keeping the last list"
+                        ),
+                    }
+                }
+            }));
+        }
+    }
+}
+
+/// Asks a provider for its models once.
+pub async fn fetch(provider: &Provider) -> Result<Vec<Arc<str>>, Failure> {
+    let Some(uri) = provider.adapter.models_uri() else {
+        return Ok(Vec::new());
+    };
+    let mut request = Request::new(Full::new(Bytes::new()));
+    *request.method_mut() = Method::GET;
+    *request.uri_mut() = uri;
+    if let Some((name, value)) = &provider.credential {
+        request.headers_mut().insert(name, value.clone());
+    }
+    for (name, value) in &provider.headers {
+        request.headers_mut().insert(name, value.clone());
+    }
+    let timeout = provider.timeouts.first_byte.min(Duration::from_secs(10));
+    let response = tokio::time::timeout(timeout, provider.transport.send(request))
+        .await
+        .map_err(|_| {
+            Failure::new(
+                crate::upstream::Cause::FirstByteTimeout,
+                "no answer in time",
+            )
+        })??;
+    let status = response.status();
+    let body = tokio::time::timeout(
+        timeout,
+        Limited::new(response.into_body(), 4 << 20).collect(),
+    )
+    .await
+    .map_err(|_| {
+        Failure::new(
+            crate::upstream::Cause::FirstByteTimeout,
+            "no answer in time",
+        )
+    })?
+    .map_err(|e| Failure::protocol(e.to_string()))?
+    .to_bytes();
+    if !status.is_success() {
+        return Err(provider
+            .adapter
+            .failure(status, &http::HeaderMap::new(), &body));
+    }
+    let names = provider.adapter.parse_models(&body)?;
+    Ok(names.into_iter().map(Arc::from).collect())
+}
+
+/// The concrete names a wildcard alias stands for, from what its providers
+/// discovered: `ollama/*` over a provider that serves `llama3` lists `ollama/llama3`.
+pub fn expand(alias: &Alias, discovered: impl Fn(&str) -> ModelList) -> Vec<String> {
+    let Some((pre, post)) = alias.name.split_once('*') else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = alias
+        .targets
+        .iter()
+        .filter(|t| t.model.is_none() && t.provider.discover.is_some())
+        .flat_map(|t| {
+            discovered(&t.provider.id)
+                .iter()
+                .map(|m| format!("{pre}{m}{post}"))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
