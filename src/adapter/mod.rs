@@ -7,6 +7,7 @@
 //!
 //! Adding a dialect is one new module and one arm in [`build`].
 
+pub mod cohere;
 pub mod demo;
 pub mod openai;
 
@@ -97,6 +98,7 @@ pub fn build(
     match raw.kind.as_str() {
         "openai" => openai::build(id, raw, path, problems),
         "demo" => demo::build(id, raw, path, problems),
+        "cohere" => cohere::build(id, raw, path, problems),
         other => {
             problems.push(Problem::new(
                 path.key("type"),
