@@ -8,6 +8,7 @@
 //! Adding a dialect is one new module and one arm in [`build`].
 
 pub mod anthropic;
+pub mod cohere;
 pub mod demo;
 pub mod ollama;
 pub mod openai;
@@ -115,6 +116,7 @@ pub fn build(
         "anthropic" => anthropic::build(id, raw, path, problems),
         "demo" => demo::build(id, raw, path, problems),
         "ollama" => ollama::build(id, raw, path, problems),
+        "cohere" => cohere::build(id, raw, path, problems),
         other => {
             problems.push(Problem::new(
                 path.key("type"),
