@@ -64,6 +64,13 @@ pub struct ChatRequest<'a> {
     /// Legacy completions only: the prompt, turned into one user message.
     #[serde(borrow, default)]
     prompt: Option<Prompt<'a>>,
+    /// Legacy completions only: fields a chat cannot honour.
+    #[serde(default)]
+    echo: Option<bool>,
+    #[serde(borrow, default)]
+    suffix: Option<Cow<'a, str>>,
+    #[serde(default)]
+    best_of: Option<u64>,
 }
 
 #[derive(Debug, Default, Clone, Copy, Deserialize)]
@@ -346,6 +353,23 @@ impl<'a> ChatRequest<'a> {
                 "log probabilities are not available",
             ));
         }
+        if self.echo == Some(true) {
+            return Err(unsupported("echo", provider, "the prompt cannot be echoed"));
+        }
+        if self.suffix.as_deref().is_some_and(|s| !s.is_empty()) {
+            return Err(unsupported(
+                "suffix",
+                provider,
+                "insertion is not available",
+            ));
+        }
+        if self.best_of.is_some_and(|n| n > 1) {
+            return Err(unsupported(
+                "best_of",
+                provider,
+                "only best_of = 1 is supported",
+            ));
+        }
         if !structured
             && self
                 .response_format
@@ -506,6 +530,24 @@ mod tests {
         assert_eq!(call.function.arguments_value()["city"], "Oslo");
         assert!(matches!(r.tool_choice, Some(ToolChoice::Named(_))));
         assert!(r.refuse_unsupported("p", false).is_ok());
+    }
+
+    #[test]
+    fn legacy_fields_that_change_the_answer_are_refused() {
+        for body in [
+            &br#"{"model":"m","prompt":"x","echo":true}"#[..],
+            br#"{"model":"m","prompt":"x","suffix":"end"}"#,
+            br#"{"model":"m","prompt":"x","best_of":3}"#,
+        ] {
+            let r = ChatRequest::parse(Endpoint::Completions, body).unwrap();
+            assert!(r.refuse_unsupported("p", true).is_err());
+        }
+        let r = ChatRequest::parse(
+            Endpoint::Completions,
+            br#"{"model":"m","prompt":"x","echo":false,"best_of":1}"#,
+        )
+        .unwrap();
+        assert!(r.refuse_unsupported("p", true).is_ok());
     }
 
     #[test]

@@ -192,6 +192,17 @@ pub fn validate(value: &Value) -> Vec<Problem> {
         })
         .collect();
     problems.dedup();
+    // A type's options that fail their own check are also reported by
+    // `unevaluatedProperties` as unexpected; the real problem is enough.
+    let real: Vec<Path> = problems
+        .iter()
+        .filter(|p| !p.message.starts_with("Unevaluated properties"))
+        .map(|p| p.path.clone())
+        .collect();
+    problems.retain(|p| {
+        !p.message.starts_with("Unevaluated properties")
+            || !real.iter().any(|r| r.starts_with(&p.path))
+    });
     problems
 }
 
@@ -246,6 +257,22 @@ mod tests {
                 .to_string()
                 .starts_with("providers.a.api_key: environment variable MISSING")
         );
+    }
+
+    #[test]
+    fn a_bad_option_is_reported_once() {
+        let v = parse_yaml(
+            "providers:\n  c: {type: anthropic, default_max_tokens: 0, version: \"2023-06-01\"}\n",
+        )
+        .unwrap();
+        let problems = validate(&v);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(
+            problems[0].path.to_string(),
+            "providers.c.default_max_tokens"
+        );
+        let v = parse_yaml("providers:\n  d: {type: demo, bogus: 1}\n").unwrap();
+        assert!(validate(&v)[0].message.contains("bogus"));
     }
 
     #[test]

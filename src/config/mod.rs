@@ -74,6 +74,11 @@ impl Path {
         self.0.is_empty()
     }
 
+    /// Whether `prefix` is this path or one of its ancestors.
+    pub fn starts_with(&self, prefix: &Path) -> bool {
+        self.0.starts_with(&prefix.0)
+    }
+
     pub fn key(&self, key: impl Into<String>) -> Path {
         let mut p = self.clone();
         p.0.push(Segment::Key(key.into()));
