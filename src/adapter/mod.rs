@@ -8,7 +8,10 @@
 //! Adding a dialect is one new module and one arm in [`build`].
 
 pub mod demo;
+pub mod graphql;
 pub mod openai;
+pub mod rest;
+pub mod template;
 
 use std::fmt::Debug;
 use std::time::{Duration, SystemTime};
@@ -97,6 +100,8 @@ pub fn build(
     match raw.kind.as_str() {
         "openai" => openai::build(id, raw, path, problems),
         "demo" => demo::build(id, raw, path, problems),
+        "graphql" => graphql::build(id, raw, path, problems),
+        "rest" => rest::build(id, raw, path, problems),
         other => {
             problems.push(Problem::new(
                 path.key("type"),
