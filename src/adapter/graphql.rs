@@ -240,3 +240,223 @@ fn first_error(value: &Value) -> Option<(String, Option<String>)> {
     };
     Some((message, code))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::adapter::template::testing::{call, problems};
+    use crate::chat::FinishReason;
+    use crate::openai::Usage;
+    use serde_json::json;
+
+    const PROVIDER: &str = r#"    type: graphql
+    url: http://gql.test/graphql
+    api_key: sk-gql
+    operation_name: Generate
+    query: "mutation Generate($input: ChatInput!) { generateResponse(input: $input) { text } }"
+    variables:
+      input:
+        messages: "{{messages}}"
+        settings: {model: "{{model}}", maxTokens: "{{max_tokens}}", temperature: "{{temperature}}"}
+        note: "for {{user}}"
+    response:
+      content: /data/generateResponse/text
+      prompt_tokens: /data/generateResponse/usage/promptTokens
+      completion_tokens: /data/generateResponse/usage/completionTokens
+      finish_reason: /data/generateResponse/stopReason"#;
+
+    fn body(json: serde_json::Value) -> Bytes {
+        Bytes::from(json.to_string())
+    }
+
+    #[test]
+    fn the_operation_carries_the_filled_variables() {
+        let (p, c) = call(
+            PROVIDER,
+            Endpoint::Chat,
+            r#"{"model":"m","messages":[{"role":"user","content":"Hi"}],"max_tokens":256,"stream":true}"#,
+        );
+        let r = p.adapter.request(&c, "internal-7b").unwrap();
+        assert_eq!(r.uri, "http://gql.test/graphql");
+        assert!(
+            !r.stream,
+            "GraphQL answers whole; the stream is synthesized"
+        );
+        assert_eq!(r.headers["content-type"], "application/json");
+        assert_eq!(r.headers["accept"], ACCEPT);
+        let sent: Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(
+            sent,
+            json!({
+                "query": "mutation Generate($input: ChatInput!) { generateResponse(input: $input) { text } }",
+                "operationName": "Generate",
+                "variables": {"input": {
+                    "messages": [{"role": "user", "content": "Hi"}],
+                    "settings": {"model": "internal-7b", "maxTokens": 256, "temperature": null},
+                    "note": "for "
+                }}
+            })
+        );
+    }
+
+    #[test]
+    fn the_answer_is_read_with_pointers() {
+        let (p, c) = call(
+            PROVIDER,
+            Endpoint::Chat,
+            r#"{"model":"m","messages":[{"role":"user","content":"Hi"}]}"#,
+        );
+        let answer = body(json!({"data": {"generateResponse": {
+            "text": "Hello!", "usage": {"promptTokens": 7, "completionTokens": 2}, "stopReason": "MAX_TOKENS"}}}));
+        let Converted::Chat(done) = p.adapter.response(&c, answer).unwrap() else {
+            panic!("a chat answer")
+        };
+        assert_eq!(done.content.as_deref(), Some("Hello!"));
+        assert_eq!(done.usage, Usage::new(7, 2));
+        assert_eq!(done.finish_reason, FinishReason::Length);
+        let bare = body(json!({"data": {"generateResponse": {"text": "Hi"}}}));
+        let Converted::Chat(done) = p.adapter.response(&c, bare).unwrap() else {
+            panic!("a chat answer")
+        };
+        assert_eq!(
+            (done.usage, done.finish_reason),
+            (Usage::new(0, 0), FinishReason::Stop)
+        );
+    }
+
+    #[test]
+    fn errors_fail_even_with_partial_data() {
+        let (p, c) = call(
+            PROVIDER,
+            Endpoint::Chat,
+            r#"{"model":"m","messages":[{"role":"user","content":"Hi"}]}"#,
+        );
+        let partial = body(json!({
+            "data": {"generateResponse": {"text": "Hello!", "usage": null}},
+            "errors": [{"message": "usage service unavailable", "path": ["generateResponse", "usage"],
+                        "extensions": {"code": "UNAVAILABLE"}},
+                       {"message": "second"}]}));
+        let f = p.adapter.response(&c, partial).unwrap_err();
+        assert_eq!(f.cause, Cause::InBand);
+        assert_eq!(f.message, "usage service unavailable");
+        assert_eq!(f.code.as_deref(), Some("UNAVAILABLE"));
+        let f = p
+            .adapter
+            .response(&c, body(json!({"data": {"generateResponse": null}})))
+            .unwrap_err();
+        assert_eq!(f.cause, Cause::Protocol);
+        assert!(
+            f.message.contains("/data/generateResponse/text"),
+            "{}",
+            f.message
+        );
+        let f = p
+            .adapter
+            .response(&c, Bytes::from_static(b"<html>"))
+            .unwrap_err();
+        assert_eq!(f.cause, Cause::Protocol);
+    }
+
+    #[test]
+    fn statuses_map_per_graphql_over_http() {
+        let (p, _) = call(
+            PROVIDER,
+            Endpoint::Chat,
+            r#"{"model":"m","messages":[{"role":"user","content":"Hi"}]}"#,
+        );
+        let gql = br#"{"errors":[{"message":"Variable \"$input\" got invalid value","extensions":{"code":"BAD_USER_INPUT"}}]}"#;
+        let f = p
+            .adapter
+            .failure(StatusCode::UNPROCESSABLE_ENTITY, &HeaderMap::new(), gql);
+        assert_eq!(
+            f.cause,
+            Cause::InBand,
+            "the configured operation is at fault: 502"
+        );
+        assert_eq!(
+            f.message,
+            "the operation was refused (422): Variable \"$input\" got invalid value"
+        );
+        assert_eq!(f.code.as_deref(), Some("BAD_USER_INPUT"));
+        let f = p
+            .adapter
+            .failure(StatusCode::BAD_REQUEST, &HeaderMap::new(), b"Syntax Error");
+        assert_eq!(f.cause, Cause::InBand);
+        let mut h = HeaderMap::new();
+        h.insert("retry-after", "12".parse().unwrap());
+        let f = p.adapter.failure(
+            StatusCode::TOO_MANY_REQUESTS,
+            &h,
+            br#"{"errors":[{"message":"slow down"}]}"#,
+        );
+        assert_eq!(f.cause, Cause::Status(StatusCode::TOO_MANY_REQUESTS));
+        assert_eq!(f.retry_after, Some(std::time::Duration::from_secs(12)));
+        assert_eq!(f.message, "slow down");
+        let f = p
+            .adapter
+            .failure(StatusCode::UNAUTHORIZED, &HeaderMap::new(), b"");
+        assert_eq!(f.cause, Cause::Status(StatusCode::UNAUTHORIZED));
+        let f = p.adapter.failure(
+            StatusCode::BAD_GATEWAY,
+            &HeaderMap::new(),
+            b"<html>oops</html>",
+        );
+        assert_eq!(
+            (f.cause, f.message.as_str()),
+            (Cause::Status(StatusCode::BAD_GATEWAY), "<html>oops</html>")
+        );
+    }
+
+    #[test]
+    fn what_a_template_cannot_carry_is_refused() {
+        let (p, c) = call(
+            PROVIDER,
+            Endpoint::Chat,
+            r#"{"model":"m","messages":[{"role":"user","content":"Hi"}],"tools":[{"type":"function","function":{"name":"f"}}]}"#,
+        );
+        let e = p.adapter.request(&c, "x").unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("tools"));
+        assert!(e.message.contains("provider p"), "{}", e.message);
+        let (p, c) = call(
+            PROVIDER,
+            Endpoint::Chat,
+            r#"{"model":"m","messages":[{"role":"user","content":"Hi"}],"n":3}"#,
+        );
+        assert_eq!(
+            p.adapter.request(&c, "x").unwrap_err().param.as_deref(),
+            Some("n")
+        );
+        let (p, c) = call(
+            PROVIDER,
+            Endpoint::Chat,
+            r#"{"model":"m","messages":[{"role":"user","content":"Hi"}],"tools":[{"type":"function","function":{"name":"f"}}],"tool_choice":"none"}"#,
+        );
+        assert!(p.adapter.request(&c, "x").is_ok());
+        assert!(!p.adapter.supports(Endpoint::Embeddings));
+    }
+
+    #[test]
+    fn config_problems_name_their_place() {
+        let bad = PROVIDER
+            .replace("{{max_tokens}}", "{{max_tokenz}}")
+            .replace("content: /data/generateResponse/text", "content: /data/x~2")
+            .replace(
+                "url: http://gql.test/graphql",
+                "url: http://gql.test/graphql\n    base_url: http://gql.test",
+            );
+        let p = problems(&bad);
+        let has = |prefix: &str| p.iter().any(|l| l.starts_with(prefix));
+        assert!(
+            has(
+                "providers.p.variables.input.settings.maxTokens: unknown placeholder `{{max_tokenz}}`"
+            ),
+            "{p:?}"
+        );
+        assert!(has("providers.p.response.content: "), "{p:?}");
+        assert!(
+            has("providers.p.base_url: a graphql provider names its whole endpoint in `url`"),
+            "{p:?}"
+        );
+        assert!(problems(PROVIDER).is_empty());
+    }
+}

@@ -665,3 +665,310 @@ impl Decoder for RestStream {
         self.events.progress.usage()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::adapter::template::testing::{call, problems};
+    use serde_json::json;
+
+    const NDJSON: &str = r#"    type: rest
+    url: http://api.test/generate
+    body:
+      model: "{{model}}"
+      prompt: "{{prompt}}"
+      options: {num_predict: "{{max_tokens}}", temperature: "{{temperature}}", seed: "{{request.seed}}"}
+      stream: "{{stream}}"
+    response:
+      content: /output/text
+      prompt_tokens: /usage/input
+      completion_tokens: /usage/output
+      finish_reason: /stop_reason
+      error: /error
+    stream:
+      format: ndjson
+      delta: /token/text
+      done: /done
+      prompt_tokens: /usage/input
+      completion_tokens: /usage/output
+      finish_reason: /stop_reason
+      error: /error"#;
+
+    const CHAT: &str = r#"{"model":"m","messages":[{"role":"system","content":"Be brief."},{"role":"user","content":"Hi"}],"max_tokens":64,"seed":7}"#;
+
+    /// Decodes `pieces` as one stream; returns the chunk JSONs (DONE as a string) or the failure.
+    fn decode(provider: &str, body: &str, pieces: &[&[u8]]) -> (Vec<Value>, Result<(), Failure>) {
+        let (p, c) = call(provider, Endpoint::Chat, body);
+        let mut d = p.adapter.decoder(&c);
+        let mut out = BytesMut::new();
+        let mut result = Ok(());
+        for piece in pieces {
+            if let Err(f) = d.feed(piece, &mut out) {
+                result = Err(f);
+                break;
+            }
+        }
+        if result.is_ok() {
+            result = d.finish(&mut out);
+        }
+        let text = String::from_utf8(out.to_vec()).unwrap();
+        let events = text
+            .split("\n\n")
+            .filter_map(|e| e.strip_prefix("data: "))
+            .map(|d| match serde_json::from_str::<Value>(d) {
+                Ok(mut v) => {
+                    v["created"] = json!(0);
+                    v
+                }
+                Err(_) => json!(d),
+            })
+            .collect();
+        (events, result)
+    }
+
+    fn deltas(events: &[Value]) -> Vec<Value> {
+        events
+            .iter()
+            .map(|e| match e.get("choices") {
+                Some(choices) if choices.as_array().is_some_and(|c| !c.is_empty()) => {
+                    json!([choices[0]["delta"], choices[0]["finish_reason"]])
+                }
+                Some(_) => json!({"usage": e["usage"]}),
+                None => e.clone(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_body_is_the_filled_template() {
+        let (p, c) = call(NDJSON, Endpoint::Chat, CHAT);
+        let r = p.adapter.request(&c, "llama3").unwrap();
+        assert_eq!(r.uri, "http://api.test/generate");
+        assert!(!r.stream);
+        assert_eq!(r.headers["accept"], "application/json");
+        assert_eq!(
+            serde_json::from_slice::<Value>(&r.body).unwrap(),
+            json!({"model": "llama3", "prompt": "System: Be brief.\n\nUser: Hi",
+                   "options": {"num_predict": 64, "temperature": null, "seed": 7}, "stream": false})
+        );
+        let streaming = CHAT.replace("\"seed\":7", "\"stream\":true");
+        let (p, c) = call(NDJSON, Endpoint::Chat, &streaming);
+        let r = p.adapter.request(&c, "llama3").unwrap();
+        assert!(r.stream);
+        assert_eq!(r.headers["accept"], "application/x-ndjson");
+        let sent: Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(
+            (&sent["stream"], &sent["options"]["seed"]),
+            (&json!(true), &Value::Null)
+        );
+    }
+
+    #[test]
+    fn a_whole_answer_and_its_errors() {
+        let (p, c) = call(NDJSON, Endpoint::Chat, CHAT);
+        let ok = Bytes::from(json!({"output": {"text": "Hello"}, "usage": {"input": 5, "output": 1}, "stop_reason": "length", "error": null}).to_string());
+        let Converted::Chat(done) = p.adapter.response(&c, ok).unwrap() else {
+            panic!("a chat answer")
+        };
+        assert_eq!(done.content.as_deref(), Some("Hello"));
+        assert_eq!(done.usage, Usage::new(5, 1));
+        assert_eq!(done.finish_reason, FinishReason::Length);
+        let f = p
+            .adapter
+            .response(
+                &c,
+                Bytes::from_static(br#"{"error":{"message":"model is loading"}}"#),
+            )
+            .unwrap_err();
+        assert_eq!(
+            (f.cause, f.message.as_str()),
+            (Cause::InBand, "model is loading")
+        );
+    }
+
+    #[test]
+    fn an_ndjson_stream_split_anywhere_gives_the_same_chunks() {
+        let stream = concat!(
+            "{\"token\":{\"text\":\"Hel\"},\"done\":false}\n",
+            "{\"token\":{\"text\":\"lo \u{e9}\"},\"done\":false}\r\n\n",
+            "{\"token\":{\"text\":\"\"},\"done\":true,\"stop_reason\":\"max_tokens\",\"usage\":{\"input\":5,\"output\":2}}\n",
+        );
+        let body = r#"{"model":"m","messages":[{"role":"user","content":"Hi"}],"stream":true,"stream_options":{"include_usage":true}}"#;
+        let (whole, r) = decode(NDJSON, body, &[stream.as_bytes()]);
+        r.unwrap();
+        assert_eq!(
+            deltas(&whole),
+            vec![
+                json!([{"role": "assistant", "content": ""}, null]),
+                json!([{"content": "Hel"}, null]),
+                json!([{"content": "lo \u{e9}"}, null]),
+                json!([{}, "length"]),
+                json!({"usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}}),
+                json!("[DONE]"),
+            ]
+        );
+        let bytes = stream.as_bytes();
+        for i in 0..bytes.len() {
+            let (split, r) = decode(NDJSON, body, &[&bytes[..i], &bytes[i..]]);
+            r.unwrap();
+            assert_eq!(deltas(&split), deltas(&whole), "split at {i}");
+        }
+    }
+
+    #[test]
+    fn a_stream_without_its_end_marker_or_with_an_error_fails() {
+        let body = r#"{"model":"m","messages":[{"role":"user","content":"Hi"}],"stream":true}"#;
+        let (events, r) = decode(
+            NDJSON,
+            body,
+            &[b"{\"token\":{\"text\":\"Hel\"},\"done\":false}\n"],
+        );
+        assert_eq!(r.unwrap_err().cause, Cause::Protocol);
+        assert_eq!(deltas(&events)[1], json!([{"content": "Hel"}, null]));
+        let (_, r) = decode(
+            NDJSON,
+            body,
+            &[b"{\"token\":{\"text\":\"a\"}}\n{\"error\":\"GPU fell over\"}\n"],
+        );
+        let f = r.unwrap_err();
+        assert_eq!(
+            (f.cause, f.message.as_str()),
+            (Cause::InBand, "GPU fell over")
+        );
+        let (_, r) = decode(NDJSON, body, &[b"not json\n"]);
+        assert_eq!(r.unwrap_err().cause, Cause::Protocol);
+    }
+
+    #[test]
+    fn sse_and_delimited_streams() {
+        let sse = NDJSON
+            .replace("format: ndjson", "format: sse")
+            .replace("done: /done", "done: \"[DONE]\"");
+        let body = r#"{"model":"m","messages":[{"role":"user","content":"Hi"}],"stream":true}"#;
+        let stream = ": hi\n\nevent: token\ndata: {\"token\":{\"text\":\"A\"}}\n\ndata: {\"token\":{\"text\":\"B\"},\"stop_reason\":\"stop\"}\r\n\r\ndata: [DONE]\n\n";
+        let (whole, r) = decode(&sse, body, &[stream.as_bytes()]);
+        r.unwrap();
+        let expected = vec![
+            json!([{"role": "assistant", "content": ""}, null]),
+            json!([{"content": "A"}, null]),
+            json!([{"content": "B"}, null]),
+            json!([{}, "stop"]),
+            json!("[DONE]"),
+        ];
+        assert_eq!(deltas(&whole), expected);
+        for i in 0..stream.len() {
+            let (split, r) = decode(
+                &sse,
+                body,
+                &[&stream.as_bytes()[..i], &stream.as_bytes()[i..]],
+            );
+            r.unwrap();
+            assert_eq!(deltas(&split), expected, "split at {i}");
+        }
+        let (_, r) = decode(&sse, body, &[b"event: error\ndata: {\"error\":{\"message\":\"overloaded\",\"code\":\"busy\"}}\n\n"]);
+        let f = r.unwrap_err();
+        assert_eq!(
+            (f.cause, f.message.as_str(), f.code.as_deref()),
+            (Cause::InBand, "overloaded", Some("busy"))
+        );
+
+        let delimited = NDJSON
+            .replace(
+                "format: ndjson",
+                "format: delimited\n      delimiter: \"\\u001e\"",
+            )
+            .replace("      done: /done\n", "");
+        let stream = "{\"token\":{\"text\":\"x\"}}\u{1e}{\"token\":{\"text\":\"y\"}}\u{1e}{\"token\":{\"text\":\"z\"}}";
+        let expected = vec![
+            json!([{"role": "assistant", "content": ""}, null]),
+            json!([{"content": "x"}, null]),
+            json!([{"content": "y"}, null]),
+            json!([{"content": "z"}, null]),
+            json!([{}, "stop"]),
+            json!("[DONE]"),
+        ];
+        for i in 0..stream.len() {
+            for j in i..stream.len() {
+                let b = stream.as_bytes();
+                let (split, r) = decode(&delimited, body, &[&b[..i], &b[i..j], &b[j..]]);
+                r.unwrap();
+                assert_eq!(deltas(&split), expected, "split at {i},{j}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_websocket_answer_to_a_whole_request_gathers_its_frames() {
+        let ws = r#"    type: rest
+    transport: websocket
+    url: ws://api.test/socket
+    body: {prompt: "{{last_user_message}}", stream: "{{stream}}"}
+    stream: {delta: /token, done: /done, completion_tokens: /count}"#;
+        let (p, c) = call(ws, Endpoint::Chat, CHAT);
+        let r = p.adapter.request(&c, "x").unwrap();
+        assert!(r.headers.is_empty(), "a handshake carries no body headers");
+        assert_eq!(
+            serde_json::from_slice::<Value>(&r.body).unwrap(),
+            json!({"prompt": "Hi", "stream": false})
+        );
+        let frames = Bytes::from_static(
+            b"{\"token\":\"Hel\"}\n{\"token\":\"lo\"}\n{\"done\":true,\"count\":2}\n",
+        );
+        let Converted::Chat(done) = p.adapter.response(&c, frames).unwrap() else {
+            panic!("a chat answer")
+        };
+        assert_eq!(done.content.as_deref(), Some("Hello"));
+        assert_eq!(done.usage, Usage::new(0, 2));
+        let f = p
+            .adapter
+            .response(&c, Bytes::from_static(b"{\"token\":\"Hel\"}\n"))
+            .unwrap_err();
+        assert_eq!(f.cause, Cause::Protocol);
+    }
+
+    #[test]
+    fn config_problems_name_their_place() {
+        let p = problems(&NDJSON.replace("      format: ndjson\n", ""));
+        assert!(
+            p.iter()
+                .any(|l| l == "providers.p.stream.format: is required: ndjson, sse or delimited"),
+            "{p:?}"
+        );
+        let p = problems(
+            &NDJSON
+                .replace("delta: /token/text", "delta: /token/{{x}}")
+                .replace("{{prompt}}", "{{promt}}"),
+        );
+        assert!(
+            p.iter()
+                .any(|l| l.starts_with("providers.p.body.prompt: unknown placeholder `{{promt}}`")),
+            "{p:?}"
+        );
+        let p = problems(&NDJSON.replace("format: ndjson", "format: delimited"));
+        assert!(
+            p.iter()
+                .any(|l| l.starts_with("providers.p.stream.delimiter: ")),
+            "{p:?}"
+        );
+        let ws = NDJSON
+            .replace("type: rest", "type: rest\n    transport: websocket")
+            .replace("http://api.test/generate", "ws://api.test/socket");
+        let p = problems(&ws);
+        assert!(
+            p.iter()
+                .any(|l| l.starts_with("providers.p.response: a WebSocket answer")),
+            "{p:?}"
+        );
+        assert!(
+            p.iter()
+                .any(|l| l.starts_with("providers.p.stream.format: ")),
+            "{p:?}"
+        );
+        let p = problems(&NDJSON.replace("http://api.test/generate", "ws://api.test/generate"));
+        assert!(
+            p.iter().any(|l| l.starts_with("providers.p.url: ")),
+            "{p:?}"
+        );
+        assert!(problems(NDJSON).is_empty());
+    }
+}

@@ -832,6 +832,57 @@ impl Decoder for NoStream {
     }
 }
 
+/// Building calls for the dialects' unit tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+    use http::HeaderValue;
+
+    use crate::auth::Caller;
+    use crate::call::Call;
+    use crate::config::load::load_str;
+    use crate::openai::{Endpoint, RequestView, json_string};
+    use crate::provider::Provider;
+    use crate::registry::Shared;
+
+    /// A call for alias `m` (backend model `backend-model`) on a provider
+    /// configured by `provider` (YAML lines indented by four spaces).
+    pub fn call(provider: &str, endpoint: Endpoint, body: &str) -> (Arc<Provider>, Call) {
+        let text = format!(
+            "auth: {{required: false}}\nproviders:\n  p:\n{provider}\nmodels:\n  m: {{targets: [{{provider: p, model: backend-model}}]}}\n"
+        );
+        let snapshot = load_str(&text, &|_| None, &Shared::default())
+            .unwrap_or_else(|problems| panic!("{problems:?}"));
+        let provider = snapshot.providers["p"].clone();
+        let route = snapshot.aliases.resolve("m").unwrap();
+        let view = RequestView::parse(endpoint, body.as_bytes()).unwrap();
+        let call = Call {
+            snapshot: Arc::new(snapshot),
+            request_id: HeaderValue::from_static("req-1"),
+            endpoint,
+            caller: Caller::Anonymous,
+            body: Bytes::copy_from_slice(body.as_bytes()),
+            model_json: json_string(&view.model),
+            view,
+            route,
+            started: tokio::time::Instant::now(),
+        };
+        (provider, call)
+    }
+
+    /// The problems of a config with this one provider.
+    pub fn problems(provider: &str) -> Vec<String> {
+        let text =
+            format!("providers:\n  p:\n{provider}\nmodels:\n  m: {{targets: [{{provider: p}}]}}\n");
+        match load_str(&text, &|_| None, &Shared::default()) {
+            Ok(_) => Vec::new(),
+            Err(problems) => problems.iter().map(ToString::to_string).collect(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
