@@ -540,8 +540,12 @@ impl Progress {
             self.done = true;
             return Ok(());
         }
-        let value: Value = serde_json::from_str(text)
-            .map_err(|e| Failure::protocol(format!("an event is not JSON: {e}")))?;
+        let value: Value = serde_json::from_str(text).map_err(|e| {
+            let start: String = text.chars().take(40).collect();
+            Failure::protocol(format!(
+                "an event is not JSON ({e}): {start:?} (an end marker like [DONE] goes in `stream.done`)"
+            ))
+        })?;
         if let Some(e) = spec
             .error
             .as_ref()
