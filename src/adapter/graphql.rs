@@ -12,10 +12,9 @@ use http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::template::{Answer, AnswerOptions, Context, Coverage, NoStream, Template, endpoint};
+use super::template::{Answer, AnswerOptions, Coverage, NoStream, Template, endpoint};
 use super::{Adapter, AuthStyle, Built, Converted, UpstreamRequest};
 use crate::call::Call;
-use crate::chat::ChatRequest;
 use crate::config::{Path, Problem, raw};
 use crate::error::Error;
 use crate::openai::Endpoint;
@@ -145,22 +144,19 @@ impl Adapter for GraphQl {
     }
 
     fn request(&self, call: &Call, model: &str) -> Result<UpstreamRequest, Error> {
-        let chat = ChatRequest::parse(call.endpoint, &call.body)?;
-        self.coverage.check(&chat, &self.id)?;
-        let fields = self.coverage.fields(&call.body);
-        let cx = Context {
-            model,
-            chat: &chat,
-            fields: &fields,
-            legacy: call.endpoint == Endpoint::Completions,
-            stream: false,
-        };
         let mut body = Vec::with_capacity(self.head.len() + call.body.len() + 32);
         body.extend_from_slice(&self.head);
-        if let Some(variables) = &self.variables {
+        if self.variables.is_some() {
             body.extend_from_slice(b",\"variables\":");
-            variables.render(&cx, &mut body);
         }
+        self.coverage.fill(
+            call,
+            model,
+            &self.id,
+            false,
+            self.variables.as_ref(),
+            &mut body,
+        )?;
         body.push(b'}');
         let mut headers = HeaderMap::with_capacity(2);
         headers.insert(

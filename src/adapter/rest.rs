@@ -23,12 +23,12 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::template::{
-    Answer, AnswerOptions, Context, Coverage, NoStream, Pointer, Template, UsagePointers, endpoint,
+    Answer, AnswerOptions, Coverage, NoStream, Pointer, Template, UsagePointers, endpoint,
     error_text, finish_reason, truthy, usage_pointers,
 };
 use super::{Adapter, AuthStyle, Built, Converted, UpstreamRequest};
 use crate::call::Call;
-use crate::chat::{ChatRequest, Completion, FinishReason};
+use crate::chat::{Completion, FinishReason};
 use crate::config::{Path, Problem, raw};
 use crate::error::Error;
 use crate::openai::{Endpoint, Usage};
@@ -358,19 +358,10 @@ impl Adapter for Rest {
     }
 
     fn request(&self, call: &Call, model: &str) -> Result<UpstreamRequest, Error> {
-        let chat = ChatRequest::parse(call.endpoint, &call.body)?;
-        self.coverage.check(&chat, &self.id)?;
         let stream = call.view.stream && self.stream.is_some();
-        let fields = self.coverage.fields(&call.body);
-        let cx = Context {
-            model,
-            chat: &chat,
-            fields: &fields,
-            legacy: call.endpoint == Endpoint::Completions,
-            stream,
-        };
         let mut body = Vec::with_capacity(call.body.len() + 256);
-        self.body.render(&cx, &mut body);
+        self.coverage
+            .fill(call, model, &self.id, stream, Some(&self.body), &mut body)?;
         let mut headers = HeaderMap::with_capacity(2);
         if !self.websocket {
             headers.insert(

@@ -31,10 +31,11 @@ use serde::Deserialize;
 use serde_json::Value;
 use serde_json::value::RawValue;
 
+use crate::call::Call;
 use crate::chat::{ChatRequest, Completion, FinishReason, Role, ToolChoice, unsupported};
 use crate::config::{Path, Problem};
 use crate::error::Error;
-use crate::openai::Usage;
+use crate::openai::{Endpoint, Usage};
 use crate::stream::Decoder;
 use crate::upstream::Failure;
 
@@ -285,7 +286,7 @@ fn write_string(out: &mut Vec<u8>, s: &str) {
 pub type Fields<'a> = HashMap<String, &'a RawValue>;
 
 /// Reads the top-level fields of a body already known to be a JSON object.
-pub fn fields(body: &[u8]) -> Fields<'_> {
+fn fields(body: &[u8]) -> Fields<'_> {
     serde_json::from_slice(body).unwrap_or_default()
 }
 
@@ -776,18 +777,41 @@ impl Coverage {
         }
     }
 
-    /// The top-level fields of `body`, read only when a template needs them.
-    pub fn fields<'a>(&self, body: &'a [u8]) -> Fields<'a> {
-        if self.needs_fields {
-            fields(body)
+    /// Reads the call's request, refuses what the templates cannot carry,
+    /// and renders `template` (if any) with it into `out`.
+    pub fn fill(
+        &self,
+        call: &Call,
+        model: &str,
+        provider: &str,
+        stream: bool,
+        template: Option<&Template>,
+        out: &mut Vec<u8>,
+    ) -> Result<(), Error> {
+        let chat = ChatRequest::parse(call.endpoint, &call.body)?;
+        self.check(&chat, provider)?;
+        let Some(template) = template else {
+            return Ok(());
+        };
+        let fields = if self.needs_fields {
+            fields(&call.body)
         } else {
             Fields::new()
-        }
+        };
+        let cx = Context {
+            model,
+            chat: &chat,
+            fields: &fields,
+            legacy: call.endpoint == Endpoint::Completions,
+            stream,
+        };
+        template.render(&cx, out);
+        Ok(())
     }
 
     /// Refuses what a template cannot carry without changing the answer's
     /// meaning; notes in a debug line the fields no template sends.
-    pub fn check(&self, chat: &ChatRequest<'_>, provider: &str) -> Result<(), Error> {
+    fn check(&self, chat: &ChatRequest<'_>, provider: &str) -> Result<(), Error> {
         chat.refuse_unsupported(provider, self.structured)?;
         let tools = chat.tools.as_ref().is_some_and(|t| !t.is_empty());
         let none = matches!(&chat.tool_choice, Some(ToolChoice::Mode(m)) if m == "none");
@@ -886,7 +910,6 @@ pub(crate) mod testing {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::openai::Endpoint;
     use serde_json::json;
 
     fn render_with(template: &Value, endpoint: Endpoint, body: &str, stream: bool) -> Value {
