@@ -1,5 +1,8 @@
 //! Talking to backends: pooled HTTP clients, the in-process demo transport,
-//! the upstream body type, and the failure type every attempt reports.
+//! WebSocket connections, the upstream body type, and the failure type every
+//! attempt reports.
+
+pub mod websocket;
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -39,6 +42,7 @@ pub struct Timeouts {
 pub enum Transport {
     Http(Box<HttpClient>),
     Demo(Arc<demo::Backend>),
+    WebSocket(websocket::WebSocket),
 }
 
 impl std::fmt::Debug for Transport {
@@ -46,6 +50,7 @@ impl std::fmt::Debug for Transport {
         match self {
             Transport::Http(_) => f.write_str("Transport::Http"),
             Transport::Demo(_) => f.write_str("Transport::Demo"),
+            Transport::WebSocket(_) => f.write_str("Transport::WebSocket"),
         }
     }
 }
@@ -69,6 +74,15 @@ impl Transport {
                 )),
             },
             Transport::Demo(backend) => Ok(backend.handle(request).await),
+            Transport::WebSocket(ws) => ws.send(request).await,
+        }
+    }
+
+    /// The provider's connect timeout, for transports that connect themselves.
+    pub fn with_connect_timeout(self, connect: Duration) -> Transport {
+        match self {
+            Transport::WebSocket(ws) => Transport::WebSocket(ws.with_connect_timeout(connect)),
+            other => other,
         }
     }
 }

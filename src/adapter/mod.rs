@@ -10,8 +10,11 @@
 pub mod anthropic;
 pub mod cohere;
 pub mod demo;
+pub mod graphql;
 pub mod ollama;
 pub mod openai;
+pub mod rest;
+pub mod template;
 
 use std::fmt::Debug;
 use std::time::{Duration, SystemTime};
@@ -117,6 +120,8 @@ pub fn build(
         "demo" => demo::build(id, raw, path, problems),
         "ollama" => ollama::build(id, raw, path, problems),
         "cohere" => cohere::build(id, raw, path, problems),
+        "graphql" => graphql::build(id, raw, path, problems),
+        "rest" => rest::build(id, raw, path, problems),
         other => {
             problems.push(Problem::new(
                 path.key("type"),

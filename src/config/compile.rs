@@ -464,7 +464,7 @@ fn provider(
     }
     let id: Arc<str> = Arc::from(id);
     let (transport, pool) = match built.transport {
-        Some(transport) => (transport, None),
+        Some(transport) => (transport.with_connect_timeout(timeouts.connect), None),
         None => {
             let key = PoolKey {
                 provider: id.clone(),
