@@ -8,6 +8,7 @@
 //! Adding a dialect is one new module and one arm in [`build`].
 
 pub mod demo;
+pub mod huggingface;
 pub mod openai;
 
 use std::fmt::Debug;
@@ -35,6 +36,18 @@ pub trait Adapter: Send + Sync + Debug {
 
     /// A whole successful upstream body → the OpenAI response body.
     fn response(&self, call: &Call, body: Bytes) -> Result<Converted, Failure>;
+
+    /// The same, for dialects that report something in the response headers
+    /// (TGI's prompt token count); the default reads the body alone.
+    fn response_with_headers(
+        &self,
+        call: &Call,
+        headers: &HeaderMap,
+        body: Bytes,
+    ) -> Result<Converted, Failure> {
+        let _ = headers;
+        self.response(call, body)
+    }
 
     /// A fresh decoder for one streamed upstream response.
     fn decoder(&self, call: &Call) -> Box<dyn Decoder>;
@@ -97,6 +110,7 @@ pub fn build(
     match raw.kind.as_str() {
         "openai" => openai::build(id, raw, path, problems),
         "demo" => demo::build(id, raw, path, problems),
+        "huggingface" => huggingface::build(id, raw, path, problems),
         other => {
             problems.push(Problem::new(
                 path.key("type"),

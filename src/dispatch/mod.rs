@@ -155,7 +155,12 @@ pub async fn attempt(
     } else {
         let limit = call.snapshot.settings.max_response_body as usize;
         let bytes = read_body(body, limit, deadline).await?;
-        render(call, provider.adapter.response(call, bytes)?)
+        render(
+            call,
+            provider
+                .adapter
+                .response_with_headers(call, &head.headers, bytes)?,
+        )
     };
 
     let usage = response
