@@ -82,6 +82,19 @@ pub fn build(
     path: &Path,
     problems: &mut Vec<Problem>,
 ) -> Option<Built> {
+    Some(Built {
+        adapter: Box::new(adapter(id, raw, path, problems)?),
+        transport: None,
+        default_auth: AuthStyle::Bearer,
+    })
+}
+
+fn adapter(
+    id: &str,
+    raw: &raw::Provider,
+    path: &Path,
+    problems: &mut Vec<Problem>,
+) -> Option<HuggingFace> {
     let options: Options = super::options(raw, path, problems)?;
     let before = problems.len();
     let default_base = (options.api == Api::Inference).then_some(INFERENCE_API);
@@ -101,17 +114,13 @@ pub fn build(
     if problems.len() > before {
         return None;
     }
-    Some(Built {
-        adapter: Box::new(HuggingFace::new(
-            id,
-            &base?,
-            options.api,
-            template,
-            max_new_tokens,
-        )),
-        transport: None,
-        default_auth: AuthStyle::Bearer,
-    })
+    Some(HuggingFace::new(
+        id,
+        &base?,
+        options.api,
+        template,
+        max_new_tokens,
+    ))
 }
 
 /// The chat template the options describe, checked against the `api`.
@@ -291,7 +300,7 @@ impl Adapter for HuggingFace {
 /// `POST /generate`, `/generate_stream` and the Inference API's text generation.
 #[derive(Debug, Serialize)]
 struct GenerateRequest<'a> {
-    inputs: Cow<'a, str>,
+    inputs: String,
     parameters: Parameters<'a>,
     #[serde(skip_serializing_if = "Option::is_none")]
     options: Option<InferenceOptions>,
@@ -392,8 +401,14 @@ struct MessagesPeek<'a> {
     response_format: Option<&'a RawValue>,
     #[serde(borrow, default)]
     top_p: Option<&'a RawValue>,
-    #[serde(borrow, default)]
+    /// `null` included: its place is where the value goes.
+    #[serde(borrow, default, deserialize_with = "present")]
     stream_options: Option<&'a RawValue>,
+}
+
+/// A field's raw value whatever it is, `null` included.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(d).map(Some)
 }
 
 /// `response_format` in OpenAI's shape or already in TGI's.
@@ -659,7 +674,7 @@ impl HuggingFace {
                         "only best_of = 1 is supported",
                     ));
                 }
-                (Cow::Owned(prompt_text(&req)), Vec::new())
+                (prompt_text(&req), Vec::new())
             }
             _ => {
                 let template = self
@@ -675,18 +690,13 @@ impl HuggingFace {
                         ),
                     )
                 })?;
-                (Cow::Owned(prompt), template.stops())
+                (prompt, template.stops())
             }
         };
 
         let grammar = grammar(&req, provider, inference)?;
         let greedy = req.temperature.is_some_and(|t| t <= 0.0);
-        let mut stop: Vec<&str> = req.stop.as_ref().map(|s| s.to_vec()).unwrap_or_default();
-        for s in template_stops {
-            if stop.len() < MAX_STOPS && !stop.contains(&s) {
-                stop.push(s);
-            }
-        }
+        let stop = stop_list(&req, template_stops);
         let request = GenerateRequest {
             inputs,
             parameters: Parameters {
@@ -886,6 +896,18 @@ fn turns(req: &ChatRequest<'_>, provider: &str) -> Result<Vec<Turn>, Error> {
     Ok(turns)
 }
 
+/// The client's stop strings, then the template's while TGI's default limit
+/// allows.
+fn stop_list<'s>(req: &'s ChatRequest<'_>, template: Vec<&'s str>) -> Vec<&'s str> {
+    let mut stop: Vec<&str> = req.stop.as_ref().map(|s| s.to_vec()).unwrap_or_default();
+    for s in template {
+        if stop.len() < MAX_STOPS && !stop.contains(&s) {
+            stop.push(s);
+        }
+    }
+    stop
+}
+
 /// The legacy completion's prompt (its one user message).
 fn prompt_text(req: &ChatRequest<'_>) -> String {
     req.messages
@@ -924,21 +946,21 @@ impl Hints {
         let Ok(req) = ChatRequest::parse(endpoint, body) else {
             return Hints::default();
         };
-        let mut stops: Vec<String> = req
-            .stop
-            .as_ref()
-            .map(|s| s.to_vec().into_iter().map(str::to_owned).collect())
-            .unwrap_or_default();
         let mut echo = None;
+        let mut template_stops = Vec::new();
         if endpoint == Endpoint::Completions {
             let extras: CompletionExtras<'_> = serde_json::from_slice(body).unwrap_or_default();
             if extras.echo == Some(true) {
                 echo = Some(prompt_text(&req));
             }
         } else if let Some(t) = template {
-            stops.extend(t.stops().into_iter().map(str::to_owned));
+            template_stops = t.stops();
         }
-        stops.retain(|s| !s.is_empty());
+        let stops = stop_list(&req, template_stops)
+            .into_iter()
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect();
         Hints { stops, echo }
     }
 }
@@ -1454,27 +1476,8 @@ mod tests {
         let raw: raw::Provider = serde_json::from_value(options).unwrap();
         let mut problems = Vec::new();
         let path = Path::root().key("providers").key("hf");
-        let built = build("hf", &raw, &path, &mut problems);
-        match built {
-            Some(_) if problems.is_empty() => {
-                let options: Options = super::super::options(&raw, &path, &mut problems).unwrap();
-                let base = super::super::base_url(
-                    &raw,
-                    (options.api == Api::Inference).then_some(INFERENCE_API),
-                    &path,
-                    &mut problems,
-                )
-                .unwrap();
-                Ok(HuggingFace::new(
-                    "hf",
-                    &base,
-                    options.api,
-                    template(&options, &path, &mut problems),
-                    options
-                        .default_max_new_tokens
-                        .unwrap_or(DEFAULT_MAX_NEW_TOKENS),
-                ))
-            }
+        match adapter("hf", &raw, &path, &mut problems) {
+            Some(hf) if problems.is_empty() => Ok(hf),
             _ => Err(problems.iter().map(ToString::to_string).collect()),
         }
     }
@@ -1790,6 +1793,12 @@ mod tests {
         assert_eq!(
             std::str::from_utf8(&r.body).unwrap(),
             r#"{"model":"m","messages":[{"role":"user","content":"x"}],"stream":true,"stream_options":{"include_usage":true},"response_format":null,"top_p":0.5}"#
+        );
+        let body = br#"{"model":"a","messages":[{"role":"user","content":"x"}],"stream":true,"stream_options":null}"#;
+        let r = hf.messages_request(body, true, "m").unwrap();
+        assert_eq!(
+            std::str::from_utf8(&r.body).unwrap(),
+            r#"{"model":"m","messages":[{"role":"user","content":"x"}],"stream":true,"stream_options":{"include_usage":true}}"#
         );
         let body = br#"{"model":"a","messages":[{"role":"user","content":"x"}],"response_format":{"type":"regex","value":"[0-9]+"}}"#;
         let r = hf.messages_request(body, false, "a").unwrap();
