@@ -34,7 +34,7 @@ use super::openai::json_headers;
 use super::{Adapter, AuthStyle, Built, Converted, UpstreamRequest};
 use crate::call::Call;
 use crate::chat::{
-    ChatRequest, Completion, Content, EmbeddingRequest, Embeddings, FinishReason, Part, Role,
+    ChatRequest, Completion, Content, EmbeddingRequest, Embeddings, FinishReason, Part, Role, Stop,
     ToolCallOut, ToolChoice, unsupported,
 };
 use crate::config::{Path, Problem, raw};
@@ -561,11 +561,10 @@ enum Features {
     Tokens(Vec<Vec<Vec<f32>>>),
 }
 
-/// Fields of a legacy completion body that chat requests do not have.
+/// Fields of a legacy completion body that chat requests do not have
+/// (`echo` is read where the answer is converted).
 #[derive(Debug, Default, Deserialize)]
 struct CompletionExtras<'a> {
-    #[serde(default)]
-    echo: Option<bool>,
     #[serde(borrow, default)]
     suffix: Option<Cow<'a, str>>,
     #[serde(default)]
@@ -646,15 +645,17 @@ impl HuggingFace {
         let req = ChatRequest::parse(endpoint, body)?;
         req.refuse_unsupported(provider, !inference)?;
         refuse_tools(&req, provider)?;
-        let dropped: Dropped<'_> = serde_json::from_slice(body).unwrap_or_default();
-        if req.presence_penalty.is_some_and(|p| p != 0.0) {
-            tracing::debug!(provider, "presence_penalty has no TGI equivalent; dropped");
-        }
-        if dropped
-            .logit_bias
-            .is_some_and(|b| !matches!(b.get(), "null" | "{}"))
-        {
-            tracing::debug!(provider, "logit_bias has no TGI equivalent; dropped");
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            let dropped: Dropped<'_> = serde_json::from_slice(body).unwrap_or_default();
+            if req.presence_penalty.is_some_and(|p| p != 0.0) {
+                tracing::debug!(provider, "presence_penalty has no TGI equivalent; dropped");
+            }
+            if dropped
+                .logit_bias
+                .is_some_and(|b| !matches!(b.get(), "null" | "{}"))
+            {
+                tracing::debug!(provider, "logit_bias has no TGI equivalent; dropped");
+            }
         }
 
         let (inputs, template_stops) = match endpoint {
@@ -696,7 +697,7 @@ impl HuggingFace {
 
         let grammar = grammar(&req, provider, inference)?;
         let greedy = req.temperature.is_some_and(|t| t <= 0.0);
-        let stop = stop_list(&req, template_stops);
+        let stop = stop_list(req.stop.as_ref(), template_stops);
         let request = GenerateRequest {
             inputs,
             parameters: Parameters {
@@ -898,8 +899,8 @@ fn turns(req: &ChatRequest<'_>, provider: &str) -> Result<Vec<Turn>, Error> {
 
 /// The client's stop strings, then the template's while TGI's default limit
 /// allows.
-fn stop_list<'s>(req: &'s ChatRequest<'_>, template: Vec<&'s str>) -> Vec<&'s str> {
-    let mut stop: Vec<&str> = req.stop.as_ref().map(|s| s.to_vec()).unwrap_or_default();
+fn stop_list<'s>(client: Option<&'s Stop<'_>>, template: Vec<&'s str>) -> Vec<&'s str> {
+    let mut stop: Vec<&str> = client.map(Stop::to_vec).unwrap_or_default();
     for s in template {
         if stop.len() < MAX_STOPS && !stop.contains(&s) {
             stop.push(s);
@@ -942,21 +943,31 @@ struct Hints {
 }
 
 impl Hints {
+    /// Reads only `stop` and `echo` (the request itself was checked when it
+    /// was translated), and the prompt when it is to be echoed.
     fn of(endpoint: Endpoint, body: &[u8], template: Option<&Template>) -> Hints {
-        let Ok(req) = ChatRequest::parse(endpoint, body) else {
+        #[derive(Deserialize)]
+        struct Peek<'a> {
+            #[serde(borrow, default)]
+            stop: Option<Stop<'a>>,
+            #[serde(default)]
+            echo: Option<bool>,
+        }
+        let Ok(peek) = serde_json::from_slice::<Peek<'_>>(body) else {
             return Hints::default();
         };
         let mut echo = None;
         let mut template_stops = Vec::new();
         if endpoint == Endpoint::Completions {
-            let extras: CompletionExtras<'_> = serde_json::from_slice(body).unwrap_or_default();
-            if extras.echo == Some(true) {
-                echo = Some(prompt_text(&req));
+            if peek.echo == Some(true) {
+                echo = ChatRequest::parse(endpoint, body)
+                    .ok()
+                    .map(|req| prompt_text(&req));
             }
         } else if let Some(t) = template {
             template_stops = t.stops();
         }
-        let stops = stop_list(&req, template_stops)
+        let stops = stop_list(peek.stop.as_ref(), template_stops)
             .into_iter()
             .filter(|s| !s.is_empty())
             .map(str::to_owned)
