@@ -1243,7 +1243,6 @@ struct GenerateState {
     hints: Hints,
     /// Generated text not yet sent: a possible start of a stop string.
     held: String,
-    started: bool,
     usage: Option<Usage>,
 }
 
@@ -1255,7 +1254,6 @@ impl GenerateStream {
                 writer,
                 hints,
                 held: String::new(),
-                started: false,
                 usage: None,
             },
         }
@@ -1296,19 +1294,16 @@ impl GenerateState {
         if event.error.is_some_and(|e| e.get() != "null") {
             return Err(error_failure(Cause::InBand, data.as_bytes()));
         }
-        if !self.started {
-            self.started = true;
-            self.writer.role(out);
-            if let Some(prompt) = self.hints.echo.take() {
-                self.writer.content(out, &prompt);
-            }
+        self.writer.role(out);
+        if let Some(prompt) = self.hints.echo.take() {
+            self.writer.content(out, &prompt);
         }
         if let Some(token) = &event.token
             && !token.special
         {
             self.held.push_str(&token.text);
-            let keep = self.held.len() - self.safe_len();
-            let send: String = self.held.drain(..self.held.len() - keep).collect();
+            let safe = self.safe_len();
+            let send: String = self.held.drain(..safe).collect();
             self.writer.content(out, &send);
         }
         if event.generated_text.is_some() || event.details.is_some() {
