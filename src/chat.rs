@@ -340,6 +340,15 @@ impl<'a> ChatRequest<'a> {
         (!parts.is_empty()).then(|| parts.join("\n\n"))
     }
 
+    /// Refuses a legacy completion's `echo: true`, for backends that only
+    /// chat (a raw-completion backend can echo the prompt itself).
+    pub fn refuse_echo(&self, provider: &str) -> Result<(), Error> {
+        if self.echo == Some(true) {
+            return Err(unsupported("echo", provider, "the prompt cannot be echoed"));
+        }
+        Ok(())
+    }
+
     /// The common refusals: fields whose loss would change the answer's
     /// meaning. `structured` says whether the backend honours `json_schema`.
     pub fn refuse_unsupported(&self, provider: &str, structured: bool) -> Result<(), Error> {
@@ -352,9 +361,6 @@ impl<'a> ChatRequest<'a> {
                 provider,
                 "log probabilities are not available",
             ));
-        }
-        if self.echo == Some(true) {
-            return Err(unsupported("echo", provider, "the prompt cannot be echoed"));
         }
         if self.suffix.as_deref().is_some_and(|s| !s.is_empty()) {
             return Err(unsupported(
@@ -540,14 +546,22 @@ mod tests {
             br#"{"model":"m","prompt":"x","best_of":3}"#,
         ] {
             let r = ChatRequest::parse(Endpoint::Completions, body).unwrap();
-            assert!(r.refuse_unsupported("p", true).is_err());
+            assert!(
+                r.refuse_unsupported("p", true)
+                    .and(r.refuse_echo("p"))
+                    .is_err()
+            );
         }
         let r = ChatRequest::parse(
             Endpoint::Completions,
             br#"{"model":"m","prompt":"x","echo":false,"best_of":1}"#,
         )
         .unwrap();
-        assert!(r.refuse_unsupported("p", true).is_ok());
+        assert!(
+            r.refuse_unsupported("p", true)
+                .and(r.refuse_echo("p"))
+                .is_ok()
+        );
     }
 
     #[test]

@@ -115,7 +115,12 @@ impl Adapter for Anthropic {
         })
     }
 
-    fn response(&self, _call: &Call, body: Bytes) -> Result<Converted, Failure> {
+    fn response(
+        &self,
+        _call: &Call,
+        _headers: &http::HeaderMap,
+        body: Bytes,
+    ) -> Result<Converted, Failure> {
         completion(&body).map(Converted::Chat)
     }
 
@@ -306,6 +311,7 @@ impl Anthropic {
     ) -> Result<(Bytes, bool), Error> {
         let request = ChatRequest::parse(endpoint, body)?;
         request.refuse_unsupported(&self.provider, false)?;
+        request.refuse_echo(&self.provider)?;
         let provider = &*self.provider;
 
         let temperature = request.temperature.map(|t| t.clamp(0.0, 1.0));

@@ -538,7 +538,12 @@ impl Adapter for Cohere {
         })
     }
 
-    fn response(&self, call: &Call, body: Bytes) -> Result<Converted, Failure> {
+    fn response(
+        &self,
+        call: &Call,
+        _headers: &http::HeaderMap,
+        body: Bytes,
+    ) -> Result<Converted, Failure> {
         match (call.endpoint, self.api) {
             (Endpoint::Embeddings, _) => embeddings(&body).map(Converted::Embeddings),
             (_, Api::V2) => v2_completion(&body).map(Converted::Chat),
@@ -699,6 +704,7 @@ fn arguments_text(arguments: &str) -> &str {
 /// A Chat v2 body.
 fn v2_body(request: &ChatRequest<'_>, model: &str, provider: &str) -> Result<Bytes, Error> {
     request.refuse_unsupported(provider, true)?;
+    request.refuse_echo(provider)?;
     let mut adjusted = Adjusted::default();
     let mut messages = Vec::with_capacity(request.messages.len());
     for m in &request.messages {
@@ -853,6 +859,7 @@ fn function_role(provider: &str) -> Error {
 /// `chat_history`.
 fn v1_body(request: &ChatRequest<'_>, model: &str, provider: &str) -> Result<Bytes, Error> {
     request.refuse_unsupported(provider, true)?;
+    request.refuse_echo(provider)?;
     let mut adjusted = Adjusted::default();
     let turns: Vec<&Message<'_>> = request
         .messages

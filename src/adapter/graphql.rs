@@ -172,7 +172,12 @@ impl Adapter for GraphQl {
         })
     }
 
-    fn response(&self, _call: &Call, body: Bytes) -> Result<Converted, Failure> {
+    fn response(
+        &self,
+        _call: &Call,
+        _headers: &http::HeaderMap,
+        body: Bytes,
+    ) -> Result<Converted, Failure> {
         let value: Value = serde_json::from_slice(&body)
             .map_err(|e| Failure::protocol(format!("the result is not JSON: {e}")))?;
         if !value.is_object() {
@@ -304,14 +309,22 @@ mod tests {
         );
         let answer = body(json!({"data": {"generateResponse": {
             "text": "Hello!", "usage": {"promptTokens": 7, "completionTokens": 2}, "stopReason": "MAX_TOKENS"}}}));
-        let Converted::Chat(done) = p.adapter.response(&c, answer).unwrap() else {
+        let Converted::Chat(done) = p
+            .adapter
+            .response(&c, &http::HeaderMap::new(), answer)
+            .unwrap()
+        else {
             panic!("a chat answer")
         };
         assert_eq!(done.content.as_deref(), Some("Hello!"));
         assert_eq!(done.usage, Usage::new(7, 2));
         assert_eq!(done.finish_reason, FinishReason::Length);
         let bare = body(json!({"data": {"generateResponse": {"text": "Hi"}}}));
-        let Converted::Chat(done) = p.adapter.response(&c, bare).unwrap() else {
+        let Converted::Chat(done) = p
+            .adapter
+            .response(&c, &http::HeaderMap::new(), bare)
+            .unwrap()
+        else {
             panic!("a chat answer")
         };
         assert_eq!(
@@ -332,13 +345,20 @@ mod tests {
             "errors": [{"message": "usage service unavailable", "path": ["generateResponse", "usage"],
                         "extensions": {"code": "UNAVAILABLE"}},
                        {"message": "second"}]}));
-        let f = p.adapter.response(&c, partial).unwrap_err();
+        let f = p
+            .adapter
+            .response(&c, &http::HeaderMap::new(), partial)
+            .unwrap_err();
         assert_eq!(f.cause, Cause::InBand);
         assert_eq!(f.message, "usage service unavailable");
         assert_eq!(f.code.as_deref(), Some("UNAVAILABLE"));
         let f = p
             .adapter
-            .response(&c, body(json!({"data": {"generateResponse": null}})))
+            .response(
+                &c,
+                &http::HeaderMap::new(),
+                body(json!({"data": {"generateResponse": null}})),
+            )
             .unwrap_err();
         assert_eq!(f.cause, Cause::Protocol);
         assert!(
@@ -348,7 +368,7 @@ mod tests {
         );
         let f = p
             .adapter
-            .response(&c, Bytes::from_static(b"<html>"))
+            .response(&c, &http::HeaderMap::new(), Bytes::from_static(b"<html>"))
             .unwrap_err();
         assert_eq!(f.cause, Cause::Protocol);
     }

@@ -11,6 +11,7 @@ pub mod anthropic;
 pub mod cohere;
 pub mod demo;
 pub mod graphql;
+pub mod huggingface;
 pub mod ollama;
 pub mod openai;
 pub mod rest;
@@ -39,8 +40,10 @@ pub trait Adapter: Send + Sync + Debug {
     /// The upstream request for one attempt, sending `model` as the backend model.
     fn request(&self, call: &Call, model: &str) -> Result<UpstreamRequest, Error>;
 
-    /// A whole successful upstream body → the OpenAI response body.
-    fn response(&self, call: &Call, body: Bytes) -> Result<Converted, Failure>;
+    /// A whole successful upstream answer → the OpenAI response. `headers`
+    /// are the backend's (TGI reports prompt tokens there).
+    fn response(&self, call: &Call, headers: &HeaderMap, body: Bytes)
+    -> Result<Converted, Failure>;
 
     /// A fresh decoder for one streamed upstream response.
     fn decoder(&self, call: &Call) -> Box<dyn Decoder>;
@@ -122,6 +125,7 @@ pub fn build(
         "cohere" => cohere::build(id, raw, path, problems),
         "graphql" => graphql::build(id, raw, path, problems),
         "rest" => rest::build(id, raw, path, problems),
+        "huggingface" => huggingface::build(id, raw, path, problems),
         other => {
             problems.push(Problem::new(
                 path.key("type"),

@@ -281,7 +281,12 @@ impl Adapter for Ollama {
         })
     }
 
-    fn response(&self, call: &Call, body: Bytes) -> Result<Converted, Failure> {
+    fn response(
+        &self,
+        call: &Call,
+        _headers: &http::HeaderMap,
+        body: Bytes,
+    ) -> Result<Converted, Failure> {
         match call.endpoint {
             Endpoint::Embeddings => {
                 let expected = EmbeddingRequest::parse(&call.body)
@@ -361,6 +366,7 @@ impl Ollama {
         stream: bool,
     ) -> Result<Vec<u8>, Error> {
         request.refuse_unsupported(&self.id, true)?;
+        request.refuse_echo(&self.id)?;
         let mut dropped: Vec<&str> = Vec::new();
         if request.parallel_tool_calls.is_some() {
             dropped.push("parallel_tool_calls");

@@ -86,7 +86,12 @@ impl Adapter for OpenAi {
         })
     }
 
-    fn response(&self, call: &Call, body: Bytes) -> Result<Converted, Failure> {
+    fn response(
+        &self,
+        call: &Call,
+        _headers: &http::HeaderMap,
+        body: Bytes,
+    ) -> Result<Converted, Failure> {
         rewrite_response(body, &call.model_json)
     }
 

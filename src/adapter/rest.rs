@@ -384,7 +384,12 @@ impl Adapter for Rest {
         })
     }
 
-    fn response(&self, _call: &Call, body: Bytes) -> Result<Converted, Failure> {
+    fn response(
+        &self,
+        _call: &Call,
+        _headers: &http::HeaderMap,
+        body: Bytes,
+    ) -> Result<Converted, Failure> {
         if let (Some(spec), true) = (&self.stream, self.websocket) {
             return whole_from_events(spec.clone(), &body).map(Converted::Chat);
         }
@@ -762,7 +767,8 @@ mod tests {
     fn a_whole_answer_and_its_errors() {
         let (p, c) = call(NDJSON, Endpoint::Chat, CHAT);
         let ok = Bytes::from(json!({"output": {"text": "Hello"}, "usage": {"input": 5, "output": 1}, "stop_reason": "length", "error": null}).to_string());
-        let Converted::Chat(done) = p.adapter.response(&c, ok).unwrap() else {
+        let Converted::Chat(done) = p.adapter.response(&c, &http::HeaderMap::new(), ok).unwrap()
+        else {
             panic!("a chat answer")
         };
         assert_eq!(done.content.as_deref(), Some("Hello"));
@@ -772,6 +778,7 @@ mod tests {
             .adapter
             .response(
                 &c,
+                &http::HeaderMap::new(),
                 Bytes::from_static(br#"{"error":{"message":"model is loading"}}"#),
             )
             .unwrap_err();
@@ -909,14 +916,22 @@ mod tests {
         let frames = Bytes::from_static(
             b"{\"token\":\"Hel\"}\n{\"token\":\"lo\"}\n{\"done\":true,\"count\":2}\n",
         );
-        let Converted::Chat(done) = p.adapter.response(&c, frames).unwrap() else {
+        let Converted::Chat(done) = p
+            .adapter
+            .response(&c, &http::HeaderMap::new(), frames)
+            .unwrap()
+        else {
             panic!("a chat answer")
         };
         assert_eq!(done.content.as_deref(), Some("Hello"));
         assert_eq!(done.usage, Usage::new(0, 2));
         let f = p
             .adapter
-            .response(&c, Bytes::from_static(b"{\"token\":\"Hel\"}\n"))
+            .response(
+                &c,
+                &http::HeaderMap::new(),
+                Bytes::from_static(b"{\"token\":\"Hel\"}\n"),
+            )
             .unwrap_err();
         assert_eq!(f.cause, Cause::Protocol);
     }

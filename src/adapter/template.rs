@@ -813,6 +813,7 @@ impl Coverage {
     /// meaning; notes in a debug line the fields no template sends.
     fn check(&self, chat: &ChatRequest<'_>, provider: &str) -> Result<(), Error> {
         chat.refuse_unsupported(provider, self.structured)?;
+        chat.refuse_echo(provider)?;
         let tools = chat.tools.as_ref().is_some_and(|t| !t.is_empty());
         let none = matches!(&chat.tool_choice, Some(ToolChoice::Mode(m)) if m == "none");
         if tools && !none {
@@ -892,6 +893,7 @@ pub(crate) mod testing {
             view,
             route,
             started: tokio::time::Instant::now(),
+            attempts: Default::default(),
         };
         (provider, call)
     }

@@ -141,7 +141,7 @@ pub async fn attempt(
         let limit = call.snapshot.settings.max_response_body as usize;
         let bytes = read_body(body, limit, deadline).await?;
         drop(permit);
-        render(call, provider.adapter.response(call, bytes)?)
+        render(call, provider.adapter.response(call, &head.headers, bytes)?)
     };
 
     let usage = response
