@@ -541,7 +541,7 @@ async fn backend_errors_map_per_the_contract() {
             429,
             json!({"error": "Model is overloaded", "error_type": "overloaded"}),
         )
-        .header("retry-after", "2")
+        .header("retry-after", "30")
     });
     let reply = client
         .post(&gw.url("/v1/chat/completions"), &[], chat("llama-chat"))
@@ -552,7 +552,7 @@ async fn backend_errors_map_per_the_contract() {
         "rate_limit_error",
         Some("upstream_rate_limited"),
     );
-    assert_eq!(reply.header("retry-after"), Some("2"));
+    assert_eq!(reply.header("retry-after"), Some("30"));
 
     mock.set(|_| {
         Plan::json(

@@ -447,7 +447,9 @@ async fn backend_errors_map_per_the_contract() {
     assert_eq!(reply.error(), ("invalid_request_error".into(), None));
     assert_eq!(reply.json()["error"]["message"], "invalid options: num_gpu");
 
-    mock.set(|_| Plan::json(429, json!({"error": "too many requests"})).header("retry-after", "1"));
+    mock.set(|_| {
+        Plan::json(429, json!({"error": "too many requests"})).header("retry-after", "30")
+    });
     let reply = client
         .post(&gw.url("/v1/chat/completions"), &[], chat)
         .await;
@@ -459,7 +461,7 @@ async fn backend_errors_map_per_the_contract() {
             Some("upstream_rate_limited".into())
         )
     );
-    assert_eq!(reply.header("retry-after"), Some("1"));
+    assert_eq!(reply.header("retry-after"), Some("30"));
 
     mock.set(|_| {
         Plan::json(
