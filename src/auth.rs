@@ -22,8 +22,10 @@ pub struct Key {
     /// The id: the only thing about a key that logs and metrics show.
     pub id: Arc<str>,
     pub digest: [u8; 32],
-    /// Alias names this key may use; `None` means all.
+    /// Model names this key may use; `None` means all.
     pub models: Option<GlobSet>,
+    pub limits: crate::limits::LimitSpec,
+    pub budgets: Vec<crate::limits::BudgetSpec>,
 }
 
 impl Key {
@@ -178,6 +180,8 @@ mod tests {
             id: "team".into(),
             digest: parse_digest(&digest_hex("sk-good")).unwrap(),
             models: None,
+            limits: Default::default(),
+            budgets: Vec::new(),
         };
         KeyTable::new(vec![Arc::new(key)], required)
     }

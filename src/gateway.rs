@@ -35,6 +35,8 @@ use crate::call::Call;
 use crate::discovery::Discovery;
 use crate::dispatch::{self, Served};
 use crate::error::{Error, Kind};
+use crate::limits::Ticket;
+use crate::limits::layer::Admitted;
 use crate::metrics::Metrics;
 use crate::openai::{Endpoint, ModelList, ModelObject, RequestView, json_string};
 use crate::registry::{Registry, Snapshot};
@@ -98,6 +100,9 @@ where
     };
     response.headers_mut().insert("x-request-id", request_id);
     record.status = response.status();
+    if let Some(admitted) = response.extensions_mut().remove::<Admitted>() {
+        record.ticket = admitted.take();
+    }
     if let Some(served) = response.extensions_mut().remove::<Served>() {
         record.provider = Some(served.provider);
         record.backend_model = Some(served.model);
@@ -212,7 +217,7 @@ where
         started: record.started,
         attempts: AtomicU32::new(0),
     });
-    let result = dispatch::dispatch(call.clone(), state.metrics_arc()).await;
+    let result = dispatch::dispatch(call.clone(), &state.registry.shared).await;
     record.attempts = call.attempts.load(Ordering::Relaxed);
     let mut response = result?;
     if record.attempts > 1
@@ -389,6 +394,8 @@ struct Record {
     error: Option<String>,
     first_byte: Option<Duration>,
     attempts: u32,
+    /// Rate-limit charges to settle with the real usage.
+    ticket: Option<Ticket>,
 }
 
 impl Record {
@@ -407,6 +414,7 @@ impl Record {
             error: None,
             first_byte: None,
             attempts: 0,
+            ticket: None,
         }
     }
 
@@ -422,6 +430,9 @@ impl Record {
             if o.error.is_some() {
                 self.error = o.error;
             }
+        }
+        if let Some(ticket) = self.ticket.take() {
+            ticket.settle(self.usage);
         }
         let endpoint = self.endpoint.map_or("unknown", Endpoint::label);
         let model = self.model.as_deref().unwrap_or("unknown");
@@ -546,10 +557,6 @@ impl State {
     }
 
     pub fn metrics(&self) -> &Metrics {
-        &self.registry.shared.metrics
-    }
-
-    fn metrics_arc(&self) -> &Arc<Metrics> {
         &self.registry.shared.metrics
     }
 }

@@ -28,6 +28,8 @@ pub struct Metrics {
     pub retries: IntCounterVec,
     pub fallbacks: IntCounterVec,
     pub target_healthy: IntGaugeVec,
+    pub rate_limited: IntCounterVec,
+    pub limit_store_errors: IntCounterVec,
 }
 
 impl Metrics {
@@ -113,6 +115,22 @@ impl Metrics {
             &["provider", "model"],
         )
         .expect("valid metric");
+        let rate_limited = IntCounterVec::new(
+            Opts::new(
+                "switchyard_rate_limited_total",
+                "Requests refused by a limit or budget, by key and limit.",
+            ),
+            &["key", "limit"],
+        )
+        .expect("valid metric");
+        let limit_store_errors = IntCounterVec::new(
+            Opts::new(
+                "switchyard_rate_limit_store_errors_total",
+                "Admissions the rate limit store could not answer (handled per rate_limits.on_store_error).",
+            ),
+            &["store"],
+        )
+        .expect("valid metric");
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(request_duration.clone()),
@@ -124,6 +142,8 @@ impl Metrics {
             Box::new(retries.clone()),
             Box::new(fallbacks.clone()),
             Box::new(target_healthy.clone()),
+            Box::new(rate_limited.clone()),
+            Box::new(limit_store_errors.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -142,6 +162,8 @@ impl Metrics {
             retries,
             fallbacks,
             target_healthy,
+            rate_limited,
+            limit_store_errors,
         }
     }
 

@@ -18,6 +18,7 @@ use crate::discovery::Discovery;
 use crate::dispatch::health::HealthTable;
 use crate::dispatch::limit::LimiterTable;
 use crate::dispatch::retry::{BudgetTable, Routing};
+use crate::limits::{Clock, Engine, Policy, Stores, SystemClock};
 use crate::metrics::Metrics;
 use crate::provider::Provider;
 use crate::route::Aliases;
@@ -46,19 +47,45 @@ pub struct Snapshot {
     pub providers: IndexMap<Arc<str>, Arc<Provider>>,
     pub aliases: Aliases,
     pub routing: Routing,
+    pub limits: Policy,
     /// When it was compiled (Unix seconds): the `created` of `/v1/models`.
     pub created: u64,
 }
 
 /// State that outlives snapshots, keyed by stable ids.
-#[derive(Default)]
 pub struct Shared {
     pub metrics: Arc<Metrics>,
+    /// Admission control for rate limits and budgets.
+    pub limits: Arc<Engine>,
+    pub limit_stores: Stores,
     pub pools: Pools,
     pub health: HealthTable,
     pub limiters: LimiterTable,
     pub budgets: BudgetTable,
     pub discovery: Arc<Discovery>,
+}
+
+impl Default for Shared {
+    fn default() -> Self {
+        Shared::with_clock(Arc::new(SystemClock))
+    }
+}
+
+impl Shared {
+    /// Shared state whose rate limits read `clock`.
+    pub fn with_clock(clock: Arc<dyn Clock>) -> Self {
+        let metrics = Arc::new(Metrics::new());
+        Shared {
+            limits: Arc::new(Engine::new(clock, metrics.clone())),
+            metrics,
+            limit_stores: Stores::default(),
+            pools: Pools::default(),
+            health: HealthTable::default(),
+            limiters: LimiterTable::default(),
+            budgets: BudgetTable::default(),
+            discovery: Arc::default(),
+        }
+    }
 }
 
 /// The current snapshot.
@@ -108,6 +135,9 @@ impl Registry {
             .map(|a| a.name.clone())
             .collect();
         shared.budgets.retain(&aliases);
+        shared
+            .limit_stores
+            .retain(std::slice::from_ref(&snapshot.limits.store_key));
         let targets: Vec<_> = snapshot
             .aliases
             .all

@@ -35,6 +35,10 @@ pub struct Alias {
     pub fallbacks: Vec<Arc<str>>,
     /// Retries allowed on top of this alias's recent traffic.
     pub budget: Arc<TpsBudget>,
+    /// Limits of the alias, whoever calls.
+    pub limits: crate::limits::LimitSpec,
+    /// Price per million tokens, for cost budgets.
+    pub price: Option<crate::limits::Price>,
 }
 
 #[derive(Debug)]

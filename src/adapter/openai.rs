@@ -12,13 +12,23 @@ use super::{Adapter, AuthStyle, Built, Converted, UpstreamRequest};
 use crate::call::Call;
 use crate::config::{Path, Problem, raw};
 use crate::error::Error;
+use std::ops::Range;
+
 use crate::openai::{Endpoint, SSE_DONE, Usage, json_string, span_of, splice};
 use crate::stream::{Decoder, sse::SseParser};
 use crate::upstream::{Cause, Failure};
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Options {}
+struct Options {
+    /// Ask for `stream_options.include_usage` when the client did not.
+    #[serde(default = "yes")]
+    stream_usage: bool,
+}
+
+fn yes() -> bool {
+    true
+}
 
 pub fn build(
     _id: &str,
@@ -26,10 +36,12 @@ pub fn build(
     path: &Path,
     problems: &mut Vec<Problem>,
 ) -> Option<Built> {
-    let _: Options = super::options(raw, path, problems)?;
+    let options: Options = super::options(raw, path, problems)?;
     let base = super::base_url(raw, None, path, problems)?;
+    let mut adapter = OpenAi::new(&base);
+    adapter.stream_usage = options.stream_usage;
     Some(Built {
-        adapter: Box::new(OpenAi::new(&base)),
+        adapter: Box::new(adapter),
         transport: None,
         default_auth: AuthStyle::Bearer,
     })
@@ -41,6 +53,9 @@ pub struct OpenAi {
     completions: Uri,
     embeddings: Uri,
     models: Uri,
+    /// On streams, ask the backend for usage when the client did not (the
+    /// extra chunk is removed before the client sees it).
+    stream_usage: bool,
 }
 
 impl OpenAi {
@@ -50,6 +65,7 @@ impl OpenAi {
             completions: super::join(base, Endpoint::Completions.path()),
             embeddings: super::join(base, Endpoint::Embeddings.path()),
             models: super::join(base, Endpoint::Models.path()),
+            stream_usage: true,
         }
     }
 }
@@ -69,15 +85,17 @@ impl Adapter for OpenAi {
             Endpoint::Embeddings => &self.embeddings,
             Endpoint::Models => return Err(Error::internal("models is not proxied")),
         };
-        let body = if call.view.model.as_ref() == model {
-            call.body.clone()
-        } else {
-            splice(
+        let mut edits: Vec<(Range<usize>, Bytes)> = Vec::new();
+        if call.view.model.as_ref() != model {
+            edits.push((call.view.model_span.clone(), json_string(model)));
+        }
+        if self.asks_usage(call) {
+            edits.push(usage_edit(
                 &call.body,
-                call.view.model_span.clone(),
-                &json_string(model),
-            )
-        };
+                call.view.stream_options_span.clone(),
+            ));
+        }
+        let body = splice_all(&call.body, edits);
         Ok(UpstreamRequest {
             uri: uri.clone(),
             headers: json_headers(call.view.stream),
@@ -96,7 +114,9 @@ impl Adapter for OpenAi {
     }
 
     fn decoder(&self, call: &Call) -> Box<dyn Decoder> {
-        Box::new(PassthroughStream::new(call.model_json.clone()))
+        let mut decoder = PassthroughStream::new(call.model_json.clone());
+        decoder.state.strip_usage = self.asks_usage(call);
+        Box::new(decoder)
     }
 
     fn models_uri(&self) -> Option<Uri> {
@@ -115,6 +135,61 @@ impl Adapter for OpenAi {
         let list: List = serde_json::from_slice(body)
             .map_err(|e| Failure::protocol(format!("the model list is not OpenAI's shape: {e}")))?;
         Ok(list.data.into_iter().map(|m| m.id).collect())
+    }
+}
+
+impl OpenAi {
+    /// Whether this request's stream asks for usage the client did not ask for.
+    fn asks_usage(&self, call: &Call) -> bool {
+        self.stream_usage
+            && call.view.stream
+            && !call.view.include_usage
+            && call.endpoint != Endpoint::Embeddings
+    }
+}
+
+/// The edit that turns on `stream_options.include_usage`: a new field after
+/// the opening brace, or the client's `stream_options` with it set.
+fn usage_edit(body: &[u8], stream_options: Option<Range<usize>>) -> (Range<usize>, Bytes) {
+    match stream_options {
+        Some(span) => {
+            let mut options: serde_json::Map<String, serde_json::Value> =
+                serde_json::from_slice(&body[span.clone()]).unwrap_or_default();
+            options.insert("include_usage".into(), serde_json::Value::Bool(true));
+            let json = serde_json::to_vec(&options).unwrap_or_default();
+            (span, Bytes::from(json))
+        }
+        None => {
+            let at = body.iter().position(|&b| b == b'{').map_or(0, |i| i + 1);
+            (
+                at..at,
+                Bytes::from_static(b"\"stream_options\":{\"include_usage\":true},"),
+            )
+        }
+    }
+}
+
+/// `body` with every span replaced, in one allocation (spans must not overlap).
+fn splice_all(body: &Bytes, mut edits: Vec<(Range<usize>, Bytes)>) -> Bytes {
+    match edits.len() {
+        0 => body.clone(),
+        1 => {
+            let (span, with) = edits.pop().expect("one edit");
+            splice(body, span, &with)
+        }
+        _ => {
+            edits.sort_by_key(|(span, _)| span.start);
+            let extra: usize = edits.iter().map(|(_, w)| w.len()).sum();
+            let mut out = BytesMut::with_capacity(body.len() + extra);
+            let mut at = 0;
+            for (span, with) in edits {
+                out.put_slice(&body[at..span.start]);
+                out.put_slice(&with);
+                at = span.end;
+            }
+            out.put_slice(&body[at..]);
+            out.freeze()
+        }
     }
 }
 
@@ -178,6 +253,8 @@ pub struct PassthroughStream {
 
 struct PassthroughState {
     model_json: Bytes,
+    /// The usage chunk was asked for by the gateway, not the client: drop it.
+    strip_usage: bool,
     usage: Option<Usage>,
     /// A choice reached its `finish_reason`.
     finished: bool,
@@ -190,6 +267,7 @@ impl PassthroughStream {
             sse: SseParser::new(),
             state: PassthroughState {
                 model_json,
+                strip_usage: false,
                 usage: None,
                 finished: false,
                 done: false,
@@ -249,6 +327,9 @@ impl PassthroughState {
         }
         if let Some(usage) = parse_usage(peek.usage) {
             self.usage = Some(usage);
+            if self.strip_usage && peek.choices.is_some_and(|c| c.get().trim() == "[]") {
+                return Ok(());
+            }
         }
         if peek.choices.is_some_and(|c| has_finish_reason(c.get())) {
             self.finished = true;
@@ -364,6 +445,41 @@ mod tests {
             relay(&["data: {\"model\":\"m\",\"choices\":[{\"finish_reason\": \"length\"}]}\n\n"]);
         r.unwrap();
         assert!(out.ends_with("data: [DONE]\n\n"));
+    }
+
+    #[test]
+    fn usage_is_asked_for_and_its_chunk_dropped() {
+        let body = Bytes::from_static(
+            br#"{"model":"a","stream":true,"messages":[{"role":"user","content":"x"}]}"#,
+        );
+        let (span, with) = usage_edit(&body, None);
+        let asked = splice_all(&body, vec![(1..1, Bytes::new()), (span, with)]);
+        let v: serde_json::Value = serde_json::from_slice(&asked).unwrap();
+        assert_eq!(v["stream_options"]["include_usage"], true);
+        assert_eq!(v["messages"][0]["content"], "x");
+
+        let body = Bytes::from_static(
+            br#"{"model":"a","stream":true,"stream_options":{"include_obfuscation":false}}"#,
+        );
+        let start = body.windows(9).position(|w| w == b"{\"include").unwrap();
+        let span = start..body.len() - 1;
+        assert_eq!(&body[span.clone()], br#"{"include_obfuscation":false}"#);
+        let (span, with) = usage_edit(&body, Some(span));
+        let v: serde_json::Value =
+            serde_json::from_slice(&splice_all(&body, vec![(span, with)])).unwrap();
+        assert_eq!(
+            v["stream_options"],
+            serde_json::json!({"include_obfuscation": false, "include_usage": true})
+        );
+
+        let mut d = PassthroughStream::new(json_string("alias"));
+        d.state.strip_usage = true;
+        let mut out = BytesMut::new();
+        d.feed(b"data: {\"model\":\"m\",\"choices\":[{\"finish_reason\":\"stop\"}]}\n\ndata: {\"model\":\"m\",\"choices\":[],\"usage\":{\"prompt_tokens\":4,\"completion_tokens\":6,\"total_tokens\":10}}\n\ndata: [DONE]\n\n", &mut out).unwrap();
+        d.finish(&mut out).unwrap();
+        let text = String::from_utf8(out.to_vec()).unwrap();
+        assert!(!text.contains("usage"), "{text}");
+        assert_eq!(d.usage(), Some(Usage::new(4, 6)));
     }
 
     #[test]

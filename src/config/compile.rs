@@ -13,7 +13,8 @@ use super::{Path, Problem, raw, units};
 use crate::adapter::{self, AuthStyle};
 use crate::auth::{self, Key, KeyTable};
 use crate::dispatch::health::HealthCheck;
-use crate::dispatch::retry::{BudgetSpec, Routing};
+use crate::dispatch::retry::{RetryBudget, Routing};
+use crate::limits::{Amount, BudgetSpec, LimitSpec, OnStoreError, Period, Policy};
 use crate::provider::Provider;
 use crate::registry::{Settings, Shared, Snapshot};
 use crate::route::{self, Alias, Aliases, Target};
@@ -28,6 +29,12 @@ pub fn compile(raw: raw::Config, shared: &Shared) -> Result<Snapshot, Vec<Proble
     let defaults = timeouts(&raw.timeouts, None, &root.key("timeouts"), &mut problems);
     let keys = keys(&raw, &mut problems);
     let routing = routing(&raw.routing, &root.key("routing"), &mut problems);
+    let limits = rate_limits(
+        &raw.rate_limits,
+        &root.key("rate_limits"),
+        shared,
+        &mut problems,
+    );
 
     let mut providers = IndexMap::new();
     for (id, p) in &raw.providers {
@@ -89,7 +96,24 @@ pub fn compile(raw: raw::Config, shared: &Shared) -> Result<Snapshot, Vec<Proble
             }
         }
         let wildcard = route::is_pattern(name);
+        let price = m.price.as_ref().map(|p| crate::limits::Price {
+            prompt: p.prompt,
+            completion: p.completion,
+        });
+        if let Some(p) = &m.price
+            && (p.prompt < 0.0
+                || p.completion < 0.0
+                || !p.prompt.is_finite()
+                || !p.completion.is_finite())
+        {
+            problems.push(Problem::new(
+                path.key("price"),
+                "prices must be finite and not negative",
+            ));
+        }
         let alias = Arc::new(Alias {
+            limits: limit_spec(&m.limits, &path.key("limits"), &mut problems),
+            price,
             budget: shared.budgets.budget(&alias_name, routing.budget),
             name: alias_name,
             targets,
@@ -119,6 +143,7 @@ pub fn compile(raw: raw::Config, shared: &Shared) -> Result<Snapshot, Vec<Proble
         providers,
         aliases,
         routing,
+        limits: limits.expect("no problems means rate_limits compiled"),
         created,
     })
 }
@@ -311,10 +336,48 @@ fn keys(raw: &raw::Config, problems: &mut Vec<Problem>) -> Vec<Arc<Key>> {
                 set.build().ok()
             }
         };
+        let mut budgets = Vec::new();
+        for (j, b) in k.budgets.iter().enumerate() {
+            let bpath = path.key("budgets").index(j);
+            let period = match b.period.as_str() {
+                "day" => Period::Day,
+                "month" => Period::Month,
+                other => {
+                    problems.push(Problem::new(
+                        bpath.key("period"),
+                        format!("{other:?} is not day or month"),
+                    ));
+                    continue;
+                }
+            };
+            let amount = match (b.tokens, b.cost) {
+                (Some(t), None) => Amount::Tokens(t),
+                (None, Some(c)) if c.is_finite() && c >= 0.0 => {
+                    Amount::Cost((c * 1e6).round() as u64)
+                }
+                (None, Some(_)) => {
+                    problems.push(Problem::new(
+                        bpath.key("cost"),
+                        "must be a number not below 0",
+                    ));
+                    continue;
+                }
+                _ => {
+                    problems.push(Problem::new(
+                        bpath,
+                        "set exactly one of `tokens` and `cost`",
+                    ));
+                    continue;
+                }
+            };
+            budgets.push(BudgetSpec { period, amount });
+        }
         out.push(Arc::new(Key {
             id: Arc::from(k.id.as_str()),
             digest,
             models,
+            limits: limit_spec(&k.limits, &path.key("limits"), problems),
+            budgets,
         }));
     }
     out
@@ -490,6 +553,70 @@ fn provider(
     })
 }
 
+fn limit_spec(raw: &raw::RateLimit, path: &Path, problems: &mut Vec<Problem>) -> LimitSpec {
+    for (name, value) in [
+        ("rpm", raw.rpm),
+        ("tpm", raw.tpm),
+        ("max_concurrent", raw.max_concurrent),
+    ] {
+        if value == Some(0) {
+            problems.push(Problem::new(
+                path.key(name),
+                "must be at least 1 (leave it out for no limit)",
+            ));
+        }
+    }
+    LimitSpec {
+        rpm: raw.rpm,
+        tpm: raw.tpm,
+        max_concurrent: raw.max_concurrent,
+    }
+}
+
+fn rate_limits(
+    raw: &raw::RateLimits,
+    path: &Path,
+    shared: &Shared,
+    problems: &mut Vec<Problem>,
+) -> Option<Policy> {
+    let on_store_error = match raw.on_store_error.as_str() {
+        "open" => OnStoreError::Open,
+        "closed" => OnStoreError::Closed,
+        other => {
+            problems.push(Problem::new(
+                path.key("on_store_error"),
+                format!("{other:?} is not open or closed"),
+            ));
+            return None;
+        }
+    };
+    let timeout = duration(&raw.timeout, &path.key("timeout"), problems)?;
+    if raw.store != "memory"
+        && !raw.store.starts_with("redis://")
+        && !raw.store.starts_with("rediss://")
+    {
+        problems.push(Problem::new(
+            path.key("store"),
+            "must be memory or a redis:// URL",
+        ));
+        return None;
+    }
+    let store = match shared.limit_stores.get(&raw.store, &raw.prefix) {
+        Ok(s) => s,
+        Err(e) => {
+            problems.push(Problem::new(path.key("store"), e));
+            return None;
+        }
+    };
+    Some(Policy {
+        store,
+        store_key: (raw.store.clone(), raw.prefix.clone()),
+        on_store_error,
+        timeout,
+        completion_estimate: raw.completion_estimate,
+    })
+}
+
 /// A health check URL: `path` itself when absolute, else `path` from the
 /// host root of `base_url`.
 fn check_url(base: Option<&str>, path: &str) -> Option<http::Uri> {
@@ -591,7 +718,7 @@ fn routing(raw: &raw::Routing, path: &Path, problems: &mut Vec<Problem>) -> Rout
         on_status,
         cooldown_after: raw.cooldown.after_failures.max(1),
         cooldown_for: cooldown_for.unwrap_or(Duration::from_secs(30)),
-        budget: BudgetSpec {
+        budget: RetryBudget {
             ratio: if (0.0..=1000.0).contains(&ratio) {
                 ratio
             } else {

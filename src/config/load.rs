@@ -177,6 +177,7 @@ pub fn validate(value: &Value) -> Vec<Problem> {
             let schema_path = e.schema_path().as_str();
             let described = schema_path
                 .strip_suffix("/pattern")
+                .or_else(|| schema_path.strip_suffix("/oneOf"))
                 .and_then(|at| SCHEMA_VALUE.pointer(at))
                 .and_then(|node| node.get("description"))
                 .and_then(Value::as_str);

@@ -31,6 +31,8 @@ pub struct Config {
     pub models: IndexMap<String, Model>,
     #[serde(default)]
     pub routing: Routing,
+    #[serde(default)]
+    pub rate_limits: RateLimits,
 }
 
 fn default_listen() -> String {
@@ -128,6 +130,87 @@ pub struct Key {
     pub id: String,
     pub sha256: String,
     pub models: Option<Vec<String>>,
+    #[serde(default)]
+    pub limits: RateLimit,
+    #[serde(default)]
+    pub budgets: Vec<Budget>,
+}
+
+/// `rpm`, `tpm`, `max_concurrent`.
+#[derive(Debug, Default, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    pub rpm: Option<u64>,
+    pub tpm: Option<u64>,
+    pub max_concurrent: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Budget {
+    /// `day` or `month` (UTC).
+    pub period: String,
+    pub tokens: Option<u64>,
+    /// In the unit of the models' prices (dollars, usually).
+    pub cost: Option<f64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Price {
+    /// Per million prompt tokens.
+    pub prompt: f64,
+    /// Per million completion tokens.
+    pub completion: f64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimits {
+    /// `memory` or `redis://host:port/db`.
+    #[serde(default = "default_store")]
+    pub store: String,
+    /// `open` or `closed`.
+    #[serde(default = "default_on_store_error")]
+    pub on_store_error: String,
+    #[serde(default = "default_store_timeout")]
+    pub timeout: String,
+    #[serde(default = "default_prefix")]
+    pub prefix: String,
+    #[serde(default = "default_completion_estimate")]
+    pub completion_estimate: u64,
+}
+
+impl Default for RateLimits {
+    fn default() -> Self {
+        RateLimits {
+            store: default_store(),
+            on_store_error: default_on_store_error(),
+            timeout: default_store_timeout(),
+            prefix: default_prefix(),
+            completion_estimate: default_completion_estimate(),
+        }
+    }
+}
+
+fn default_store() -> String {
+    "memory".into()
+}
+
+fn default_on_store_error() -> String {
+    "open".into()
+}
+
+fn default_store_timeout() -> String {
+    "100ms".into()
+}
+
+fn default_prefix() -> String {
+    "switchyard:".into()
+}
+
+fn default_completion_estimate() -> u64 {
+    256
 }
 
 #[derive(Debug, Deserialize)]
@@ -219,6 +302,10 @@ pub struct Model {
     /// Other aliases tried in order when every target failed.
     #[serde(default)]
     pub fallbacks: Vec<String>,
+    /// Limits of the alias, whoever calls.
+    #[serde(default)]
+    pub limits: RateLimit,
+    pub price: Option<Price>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -269,7 +356,7 @@ pub struct Retry {
     #[serde(default = "default_retry_on")]
     pub on: Vec<RetryOn>,
     #[serde(default)]
-    pub budget: Budget,
+    pub budget: RetryBudget,
 }
 
 impl Default for Retry {
@@ -278,7 +365,7 @@ impl Default for Retry {
             attempts: default_attempts(),
             backoff: Backoff::default(),
             on: default_retry_on(),
-            budget: Budget::default(),
+            budget: RetryBudget::default(),
         }
     }
 }
@@ -333,7 +420,7 @@ fn default_backoff_max() -> String {
 /// Retries allowed on top of recent traffic.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Budget {
+pub struct RetryBudget {
     /// Retries per request, on average (0.2 = one retry per five requests).
     #[serde(default = "default_budget_ratio")]
     pub ratio: f32,
@@ -345,9 +432,9 @@ pub struct Budget {
     pub window: String,
 }
 
-impl Default for Budget {
+impl Default for RetryBudget {
     fn default() -> Self {
-        Budget {
+        RetryBudget {
             ratio: default_budget_ratio(),
             min_per_second: default_budget_min(),
             window: default_budget_window(),

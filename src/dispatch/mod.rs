@@ -1,12 +1,17 @@
 //! Dispatch: from a routed call to a backend's answer, as tower layers
 //! around the upstream call, outer to inner:
 //!
-//! 1. [`fallback::Fallback`] walks the alias and then its `fallbacks`;
-//! 2. `tower::retry::Retry` with [`retry::RetryPolicy`] retries an alias's
+//! 1. [`limits::layer::Admit`] checks and charges the key's and the alias's
+//!    rate limits and budgets (429 when one is spent), adds the
+//!    `x-ratelimit-*` headers, and hands its ticket to the response;
+//! 2. [`fallback::Fallback`] walks the alias and then its `fallbacks`;
+//! 3. `tower::retry::Retry` with [`retry::RetryPolicy`] retries an alias's
 //!    retryable failures on other targets, with backoff and a budget;
-//! 3. [`balance::Pick`] chooses a target (weights, health, latency), takes a
+//! 4. [`balance::Pick`] chooses a target (weights, health, latency), takes a
 //!    provider concurrency slot, tries it, and records the outcome;
-//! 4. [`attempt::attempt`] is the one upstream call.
+//! 5. [`attempt::attempt`] is the one upstream call.
+//!
+//! [`limits::layer::Admit`]: crate::limits::layer::Admit
 //!
 //! Every layer works before the first byte reaches the client: an attempt
 //! returns only once the backend's first event is in hand, so nothing that
@@ -31,8 +36,9 @@ pub use attempt::{Served, final_error, sse_headers};
 use crate::body::Body;
 use crate::call::Call;
 use crate::error::Error;
-use crate::metrics::Metrics;
+use crate::limits::layer::Admit;
 use crate::provider::Provider;
+use crate::registry::Shared;
 use crate::route::Alias;
 use crate::upstream::Failure;
 
@@ -64,16 +70,23 @@ pub enum DispatchError {
     },
 }
 
-/// Sends the call through fallback → retry → pick → attempt.
-pub async fn dispatch(call: Arc<Call>, metrics: &Arc<Metrics>) -> Result<Response<Body>, Error> {
+/// Sends the call through admit → fallback → retry → pick → attempt.
+pub async fn dispatch(call: Arc<Call>, shared: &Shared) -> Result<Response<Body>, Error> {
+    let metrics = &shared.metrics;
     let pick = balance::Pick::new(metrics.clone());
     let retry = tower::retry::Retry::new(retry::RetryPolicy::new(metrics.clone()), pick);
-    let stack = fallback::Fallback::new(retry, metrics.clone());
-    match stack.oneshot(call).await {
-        Ok(response) => Ok(response),
-        Err(DispatchError::Refused(e)) => Err(e),
-        Err(DispatchError::Failed {
+    let fallback = fallback::Fallback::new(retry, metrics.clone()).map_err(into_error);
+    Admit::new(fallback, shared.limits.clone())
+        .oneshot(call)
+        .await
+}
+
+/// The client's error for what the stack could not do.
+fn into_error(e: DispatchError) -> Error {
+    match e {
+        DispatchError::Refused(e) => e,
+        DispatchError::Failed {
             failure, provider, ..
-        }) => Err(final_error(&provider, failure)),
+        } => final_error(&provider, failure),
     }
 }

@@ -28,11 +28,11 @@ pub struct Routing {
     pub on_status: Vec<u16>,
     pub cooldown_after: u32,
     pub cooldown_for: Duration,
-    pub budget: BudgetSpec,
+    pub budget: RetryBudget,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct BudgetSpec {
+pub struct RetryBudget {
     pub ratio: f32,
     pub min_per_second: u32,
     pub window: Duration,
@@ -163,10 +163,10 @@ pub struct BudgetTable {
 }
 
 /// A budget and the numbers it was made with.
-type SpecBudget = (BudgetSpec, Arc<TpsBudget>);
+type SpecBudget = (RetryBudget, Arc<TpsBudget>);
 
 impl BudgetTable {
-    pub fn budget(&self, alias: &Arc<str>, spec: BudgetSpec) -> Arc<TpsBudget> {
+    pub fn budget(&self, alias: &Arc<str>, spec: RetryBudget) -> Arc<TpsBudget> {
         let mut budgets = self.budgets.lock().unwrap_or_else(|p| p.into_inner());
         let entry = budgets
             .entry(alias.clone())
@@ -183,7 +183,7 @@ impl BudgetTable {
     }
 }
 
-fn new_budget(spec: BudgetSpec) -> TpsBudget {
+fn new_budget(spec: RetryBudget) -> TpsBudget {
     TpsBudget::new(spec.window, spec.min_per_second, spec.ratio)
 }
 
@@ -201,7 +201,7 @@ mod tests {
             on_status: vec![429, 500, 502, 503, 504, 529],
             cooldown_after: 3,
             cooldown_for: Duration::from_secs(30),
-            budget: BudgetSpec {
+            budget: RetryBudget {
                 ratio: 0.2,
                 min_per_second: 10,
                 window: Duration::from_secs(10),

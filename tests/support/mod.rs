@@ -4,6 +4,7 @@
 
 pub mod client;
 pub mod mock;
+pub mod redis;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;

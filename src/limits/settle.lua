@@ -1,0 +1,33 @@
+-- Settles a finished request. One key per entry in KEYS.
+-- ARGV[1] = now (ms); then four values per entry: kind, a, b, c.
+--   kind 1, rate adjust:  a = limit, b = period ms, c = units to add (negative refunds)
+--   kind 2, release:      b = lease id
+--   kind 3, spend:        a = amount, b = period end (ms)
+local now = tonumber(ARGV[1])
+for i, key in ipairs(KEYS) do
+  local at = 2 + (i - 1) * 4
+  local kind = tonumber(ARGV[at])
+  local a, b, c = tonumber(ARGV[at + 1]), tonumber(ARGV[at + 2]), tonumber(ARGV[at + 3])
+  if kind == 1 then
+    local tat = tonumber(redis.call('GET', key))
+    if tat then
+      tat = tat + c * (b / a)
+      if tat > now then
+        redis.call('SET', key, string.format('%.3f', tat), 'PX', math.ceil(tat - now) + 1000)
+      else
+        redis.call('DEL', key)
+      end
+    elseif c > 0 then
+      local tat = now + c * (b / a)
+      redis.call('SET', key, string.format('%.3f', tat), 'PX', math.ceil(tat - now) + 1000)
+    end
+  elseif kind == 2 then
+    redis.call('ZREM', key, ARGV[at + 2])
+  elseif kind == 3 then
+    if a > 0 then
+      redis.call('INCRBY', key, a)
+      redis.call('PEXPIREAT', key, b + 86400000)
+    end
+  end
+end
+return 1
