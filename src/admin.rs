@@ -8,6 +8,7 @@ use std::task::{Context, Poll};
 use http::{HeaderValue, Request, Response, StatusCode, header};
 
 use crate::body::Body;
+use crate::dispatch::health::Availability;
 use crate::gateway::State;
 
 #[derive(Clone)]
@@ -33,19 +34,9 @@ impl Admin {
                 b"{\"status\":\"ok\"}".to_vec(),
             ),
             "/readyz" => {
-                if self.state.is_draining() {
-                    (
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "application/json",
-                        b"{\"status\":\"draining\"}".to_vec(),
-                    )
-                } else {
-                    (
-                        StatusCode::OK,
-                        "application/json",
-                        b"{\"status\":\"ready\"}".to_vec(),
-                    )
-                }
+                let (status, text) = self.readiness();
+                let body = format!("{{\"status\":\"{text}\"}}").into_bytes();
+                (status, "application/json", body)
             }
             _ => (
                 StatusCode::NOT_FOUND,
@@ -59,6 +50,28 @@ impl Admin {
             .headers_mut()
             .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
         response
+    }
+}
+
+impl Admin {
+    /// Ready while not draining and while at least one target is in rotation.
+    fn readiness(&self) -> (StatusCode, &'static str) {
+        if self.state.is_draining() {
+            return (StatusCode::SERVICE_UNAVAILABLE, "draining");
+        }
+        let snapshot = self.state.registry.load();
+        let now = tokio::time::Instant::now();
+        let healthy = snapshot
+            .aliases
+            .all
+            .iter()
+            .flat_map(|a| a.targets.iter())
+            .any(|t| !matches!(t.state.availability(now), Availability::Cooling(_)));
+        if healthy {
+            (StatusCode::OK, "ready")
+        } else {
+            (StatusCode::SERVICE_UNAVAILABLE, "no healthy target")
+        }
     }
 }
 

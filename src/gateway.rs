@@ -28,6 +28,7 @@ use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header
 use http_body::{Body as HttpBody, Frame};
 use http_body_util::{BodyExt, Limited};
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use crate::auth::Caller;
 use crate::body::Body;
@@ -89,8 +90,17 @@ where
     let request_id = request_id(request.headers());
     let snapshot = state.registry.load();
     let mut record = Record::new(request_id.clone(), started);
+    let span = tracing::info_span!(
+        "request",
+        request_id = request_id.to_str().unwrap_or(""),
+        key = tracing::field::Empty,
+        model = tracing::field::Empty,
+    );
 
-    let mut response = match handle(&state, snapshot, request, &mut record).await {
+    let handled = handle(&state, snapshot, request, &mut record)
+        .instrument(span)
+        .await;
+    let mut response = match handled {
         Ok(response) => response,
         // 9. rescue
         Err(error) => {
@@ -144,6 +154,7 @@ where
 
     // 4. authenticate
     let caller = snapshot.keys.authenticate(request.headers())?;
+    tracing::Span::current().record("key", caller.label());
     record.key = Some(caller.clone());
 
     if endpoint == Endpoint::Models {
@@ -165,6 +176,16 @@ where
     )
     .await?;
 
+    if settings.log_bodies {
+        record.body = Some(bytes::BytesMut::new());
+        tracing::info!(
+            target: "switchyard::bodies",
+            request_id = record.request_id.to_str().unwrap_or(""),
+            request = %String::from_utf8_lossy(&body[..body.len().min(BODY_LOG_LIMIT)]),
+            "request body"
+        );
+    }
+
     // 6. parse
     let view = RequestView::parse(endpoint, &body)?;
     record.stream = view.stream;
@@ -181,6 +202,7 @@ where
         .with_param("model")
     })?;
     record.model = Some(route.alias.name.clone());
+    tracing::Span::current().record("model", &*route.alias.name);
     if !caller.may_use(&view.model) {
         return Err(Error::new(
             Kind::ModelNotAllowed,
@@ -367,6 +389,9 @@ where
     }
 }
 
+/// How much of a body `log.bodies` writes to the log.
+const BODY_LOG_LIMIT: usize = 16 * 1024;
+
 /// The client's `x-request-id` when it is sane, else a fresh one.
 fn request_id(headers: &HeaderMap) -> HeaderValue {
     if let Some(v) = headers.get("x-request-id") {
@@ -396,6 +421,8 @@ struct Record {
     attempts: u32,
     /// Rate-limit charges to settle with the real usage.
     ticket: Option<Ticket>,
+    /// The response body so far, when `log.bodies` is on.
+    body: Option<bytes::BytesMut>,
 }
 
 impl Record {
@@ -415,6 +442,7 @@ impl Record {
             first_byte: None,
             attempts: 0,
             ticket: None,
+            body: None,
         }
     }
 
@@ -430,9 +458,21 @@ impl Record {
             if o.error.is_some() {
                 self.error = o.error;
             }
+            // A stream's first token is its first content, not its role chunk.
+            self.first_byte = o
+                .first_content
+                .map(|at| at.saturating_duration_since(self.started));
         }
         if let Some(ticket) = self.ticket.take() {
             ticket.settle(self.usage);
+        }
+        if let Some(body) = &self.body {
+            tracing::info!(
+                target: "switchyard::bodies",
+                request_id = self.request_id.to_str().unwrap_or(""),
+                response = %String::from_utf8_lossy(body),
+                "response body"
+            );
         }
         let endpoint = self.endpoint.map_or("unknown", Endpoint::label);
         let model = self.model.as_deref().unwrap_or("unknown");
@@ -524,9 +564,16 @@ impl HttpBody for Observed {
         let this = self.get_mut();
         let polled = Pin::new(&mut this.body).poll_frame(cx);
         match &polled {
-            Poll::Ready(Some(_)) => {
+            Poll::Ready(Some(frame)) => {
                 if let Some(r) = this.record.as_mut() {
                     r.first_byte.get_or_insert_with(|| r.started.elapsed());
+                    if let (Some(log), Some(data)) = (
+                        r.body.as_mut(),
+                        frame.as_ref().ok().and_then(|f| f.data_ref()),
+                    ) {
+                        let room = BODY_LOG_LIMIT.saturating_sub(log.len());
+                        log.extend_from_slice(&data[..data.len().min(room)]);
+                    }
                 }
             }
             Poll::Ready(None) => this.finish(true),

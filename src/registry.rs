@@ -31,6 +31,8 @@ pub struct Settings {
     pub admin_listen: SocketAddr,
     pub log_level: String,
     pub log_format: LogFormat,
+    /// Prompts and completions go to the log (`log.bodies`).
+    pub log_bodies: bool,
     pub max_request_body: u64,
     pub max_header_bytes: u64,
     pub max_response_body: u64,

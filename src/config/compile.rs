@@ -234,6 +234,7 @@ fn settings(raw: &raw::Config, problems: &mut Vec<Problem>) -> Option<Settings> 
         admin_listen: admin_listen?,
         log_level: raw.log.level.clone(),
         log_format: raw.log.format,
+        log_bodies: raw.log.bodies,
         max_request_body: max_request_body?,
         max_header_bytes: max_header_bytes?,
         max_response_body: max_response_body?,

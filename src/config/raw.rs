@@ -54,6 +54,9 @@ pub struct Log {
     pub level: String,
     #[serde(default)]
     pub format: LogFormat,
+    /// Log request and response bodies (prompts and completions).
+    #[serde(default)]
+    pub bodies: bool,
 }
 
 impl Default for Log {
@@ -61,6 +64,7 @@ impl Default for Log {
         Log {
             level: default_level(),
             format: LogFormat::default(),
+            bodies: false,
         }
     }
 }

@@ -21,6 +21,7 @@ use std::task::{Context, Poll};
 
 use http::Response;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use super::attempt::{self, AttemptError};
 use super::health::{Availability, ProbeGuard};
@@ -149,7 +150,8 @@ async fn try_target(attempt: Attempt, metrics: &Metrics) -> Result<Response<Body
     let provider = &target.provider;
     let call = &attempt.call;
     let model = target.model.as_deref().unwrap_or(&attempt.default_model);
-    call.attempts.fetch_add(1, Ordering::Relaxed);
+    let number = call.attempts.fetch_add(1, Ordering::Relaxed) + 1;
+    let span = tracing::info_span!("attempt", provider = &*provider.id, model, attempt = number);
     let failed = |failure| DispatchError::Failed {
         failure,
         provider: provider.clone(),
@@ -185,7 +187,10 @@ async fn try_target(attempt: Attempt, metrics: &Metrics) -> Result<Response<Body
     let state = &target.state;
     let in_flight = state.begin();
     let started = Instant::now();
-    let result = attempt::attempt(call, target, model, permit, metrics).await;
+    let result = attempt::attempt(call, target, model, permit, metrics)
+        .instrument(span.clone())
+        .await;
+    let _in_span = span.enter();
     drop(in_flight);
     if matches!(
         &result,

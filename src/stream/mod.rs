@@ -54,6 +54,8 @@ pub struct StreamOutcome {
     pub usage: Option<Usage>,
     /// Set when the stream ended with an in-band error event.
     pub error: Option<String>,
+    /// When the first content (text or a tool call) went to the client.
+    pub first_content: Option<Instant>,
 }
 
 /// The body of a streamed response.
@@ -68,6 +70,7 @@ pub struct Relay {
     /// A failure before anything reached the client, for the dispatcher to retry.
     early: Option<Failure>,
     error: Option<String>,
+    first_content: Option<Instant>,
     idle: Duration,
     idle_timer: Pin<Box<Sleep>>,
     deadline: Pin<Box<Sleep>>,
@@ -92,6 +95,7 @@ impl Relay {
             finished: false,
             early: None,
             error: None,
+            first_content: None,
             idle,
             idle_timer: Box::pin(tokio::time::sleep(idle)),
             deadline: Box::pin(tokio::time::sleep_until(deadline)),
@@ -122,6 +126,7 @@ impl Relay {
         StreamOutcome {
             usage: self.decoder.usage(),
             error: self.error.clone(),
+            first_content: self.first_content,
         }
     }
 
@@ -202,6 +207,24 @@ impl Relay {
     }
 }
 
+/// Whether OpenAI chunks carry content: a non-empty `content`, `text` or
+/// `refusal` string, or a tool call (a role chunk with `"content":""` does not).
+pub fn has_content(sse: &[u8]) -> bool {
+    if memchr::memmem::find(sse, b"\"tool_calls\"").is_some() {
+        return true;
+    }
+    [&b"\"content\""[..], b"\"text\"", b"\"refusal\""]
+        .iter()
+        .any(|field| {
+            memchr::memmem::find_iter(sse, field).any(|at| {
+                let rest = &sse[at + field.len()..];
+                let rest = rest.trim_ascii_start().strip_prefix(b":").unwrap_or(b"");
+                let rest = rest.trim_ascii_start();
+                rest.first() == Some(&b'"') && rest.get(1).is_some_and(|&b| b != b'"')
+            })
+        })
+}
+
 impl HttpBody for Relay {
     type Data = Bytes;
     type Error = Infallible;
@@ -224,10 +247,40 @@ impl HttpBody for Relay {
             return Poll::Ready(None);
         }
         this.primed = true;
+        if this.first_content.is_none() && has_content(&this.out) {
+            this.first_content = Some(Instant::now());
+        }
         Poll::Ready(Some(Ok(Frame::data(this.out.split().freeze()))))
     }
 
     fn is_end_stream(&self) -> bool {
         self.finished && self.out.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::has_content;
+
+    #[test]
+    fn content_is_told_from_role_chunks() {
+        assert!(!has_content(
+            br#"data: {"choices":[{"delta":{"role":"assistant","content":""}}]}"#
+        ));
+        assert!(!has_content(
+            br#"data: {"choices":[{"delta":{"content":null}}]}"#
+        ));
+        assert!(has_content(
+            br#"data: {"choices":[{"delta":{"content":"Hi"}}]}"#
+        ));
+        assert!(has_content(
+            br#"data: {"choices":[{"delta": {"content": "Hi"}}]}"#
+        ));
+        assert!(has_content(
+            br#"data: {"choices":[{"delta":{"tool_calls":[{"index":0}]}}]}"#
+        ));
+        assert!(has_content(
+            br#"data: {"object":"text_completion","choices":[{"text":"Once"}]}"#
+        ));
     }
 }
