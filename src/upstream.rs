@@ -113,14 +113,19 @@ pub struct Pools {
 pub struct PoolKey {
     pub provider: Arc<str>,
     pub connect: Duration,
+    /// Digest of the extra CA certificates, when the provider has `ca_file`.
+    pub ca: Option<[u8; 32]>,
 }
 
+/// Certificates trusted on top of the built-in roots (a private CA).
+pub type ExtraRoots = Vec<tokio_rustls::rustls::pki_types::CertificateDer<'static>>;
+
 impl Pools {
-    pub fn client(&self, key: PoolKey) -> HttpClient {
+    pub fn client(&self, key: PoolKey, roots: &ExtraRoots) -> HttpClient {
         let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
         clients
             .entry(key.clone())
-            .or_insert_with(|| new_client(key.connect))
+            .or_insert_with(|| new_client(key.connect, roots))
             .clone()
     }
 
@@ -131,14 +136,28 @@ impl Pools {
     }
 }
 
-fn new_client(connect: Duration) -> HttpClient {
+fn new_client(connect: Duration, extra: &ExtraRoots) -> HttpClient {
+    use tokio_rustls::rustls;
     let mut http = HttpConnector::new();
     http.set_nodelay(true);
     http.set_connect_timeout(Some(connect));
     http.set_keepalive(Some(Duration::from_secs(60)));
     http.enforce_http(false);
+    let mut roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    for cert in extra {
+        let _ = roots.add(cert.clone());
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("ring supports the default protocol versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
     let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_webpki_roots()
+        .with_tls_config(tls)
         .https_or_http()
         .enable_http1()
         .enable_http2()

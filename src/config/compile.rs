@@ -19,7 +19,7 @@ use crate::provider::Provider;
 use crate::registry::{Settings, Shared, Snapshot};
 use crate::route::{self, Alias, Aliases, Target};
 use crate::secret::Secret;
-use crate::upstream::{PoolKey, Timeouts, Transport};
+use crate::upstream::{ExtraRoots, PoolKey, Timeouts, Transport};
 
 pub fn compile(raw: raw::Config, shared: &Shared) -> Result<Snapshot, Vec<Problem>> {
     let mut problems = Vec::new();
@@ -522,6 +522,17 @@ fn provider(
         ));
     }
 
+    let ca = raw
+        .ca_file
+        .as_deref()
+        .and_then(|file| match ca_certificates(file) {
+            Ok(ca) => Some(ca),
+            Err(e) => {
+                problems.push(Problem::new(path.key("ca_file"), e));
+                None
+            }
+        });
+
     let built = built?;
     if problems.len() != before {
         return None;
@@ -533,8 +544,10 @@ fn provider(
             let key = PoolKey {
                 provider: id.clone(),
                 connect: timeouts.connect,
+                ca: ca.as_ref().map(|(digest, _)| *digest),
             };
-            let client = Box::new(shared.pools.client(key.clone()));
+            let roots = ca.map(|(_, certs)| certs).unwrap_or_default();
+            let client = Box::new(shared.pools.client(key.clone(), &roots));
             (Transport::Http(client), Some(key))
         }
     };
@@ -616,6 +629,21 @@ fn rate_limits(
         timeout,
         completion_estimate: raw.completion_estimate,
     })
+}
+
+/// The certificates of a PEM file, and a digest of the file so that a pool
+/// is rebuilt when the file changes.
+fn ca_certificates(file: &str) -> Result<([u8; 32], ExtraRoots), String> {
+    use sha2::Digest;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, pem::PemObject};
+    let pem = std::fs::read(file).map_err(|e| format!("cannot read {file}: {e}"))?;
+    let certs: ExtraRoots = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{file} is not a PEM certificate bundle: {e:?}"))?;
+    if certs.is_empty() {
+        return Err(format!("{file} holds no PEM certificate"));
+    }
+    Ok((sha2::Sha256::digest(&pem).into(), certs))
 }
 
 /// A health check URL: `path` itself when absolute, else `path` from the

@@ -252,6 +252,8 @@ pub struct Provider {
     /// Requests that may wait for a slot; more get 503 at once.
     pub max_queue: Option<u32>,
     pub health_check: Option<HealthCheck>,
+    /// PEM certificates to trust on top of the built-in roots (a private CA).
+    pub ca_file: Option<String>,
     /// List the backend's models for wildcard aliases: `true`, or `{interval: 5m}`.
     pub discover: Option<Discover>,
     #[serde(flatten)]

@@ -127,6 +127,21 @@ impl Mock {
     }
 
     pub async fn start(handler: impl Fn(&Recorded) -> Plan + Send + Sync + 'static) -> Mock {
+        Mock::serve_with(handler, None).await
+    }
+
+    /// The same mock behind TLS with this server config.
+    pub async fn start_tls(
+        handler: impl Fn(&Recorded) -> Plan + Send + Sync + 'static,
+        tls: Arc<tokio_rustls::rustls::ServerConfig>,
+    ) -> Mock {
+        Mock::serve_with(handler, Some(tokio_rustls::TlsAcceptor::from(tls))).await
+    }
+
+    async fn serve_with(
+        handler: impl Fn(&Recorded) -> Plan + Send + Sync + 'static,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> Mock {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(State {
@@ -144,11 +159,20 @@ impl Mock {
                 let _ = stream.set_nodelay(true);
                 accept_state.connections.fetch_add(1, Ordering::SeqCst);
                 let state = accept_state.clone();
+                let tls = tls.clone();
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |req| serve(state.clone(), req));
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
+                    let http = hyper::server::conn::http1::Builder::new();
+                    match tls {
+                        None => {
+                            let _ = http.serve_connection(TokioIo::new(stream), service).await;
+                        }
+                        Some(tls) => {
+                            if let Ok(stream) = tls.accept(stream).await {
+                                let _ = http.serve_connection(TokioIo::new(stream), service).await;
+                            }
+                        }
+                    }
                 });
             }
         });
