@@ -589,6 +589,7 @@ fn normalize(path: &Path) -> PathBuf {
 /// Whether promtool can run. Missing: a failure in CI (`.ci/run` installs
 /// it), a loud skip elsewhere.
 fn promtool_available(part: &str) -> bool {
+    use std::io::Write;
     if Command::new("promtool").arg("--version").output().is_ok() {
         return true;
     }
@@ -597,7 +598,9 @@ fn promtool_available(part: &str) -> bool {
             "promtool is missing and CI=true: .ci/run installs it (Debian's prometheus package)"
         );
     }
-    eprintln!(
+    // Straight to stderr: the test harness captures eprintln! of passing tests.
+    let _ = writeln!(
+        std::io::stderr(),
         "\n\
          ************************************************************************\n\
          * promtool NOT FOUND: SKIPPING {part}.\n\
@@ -1747,4 +1750,82 @@ fn the_promql_reader_finds_names_and_labels() {
     assert!(!ignore.ignores("deploy/config/switchyard.yaml"));
     assert!(ignore.ignores("deploy/compose.yaml"));
     assert!(ignore.ignores("target"));
+}
+
+/// Writes `text` the way the kubelet updates a ConfigMap volume: a new
+/// timestamped directory, a `..data` symlink swapped to it by rename, and
+/// the old directory removed. `switchyard.yaml` links to `..data/`.
+fn kubelet_writes(dir: &Path, version: u32, text: &str) {
+    let data = dir.join(format!("..2026_01_01_00_00_0{version}.000000001"));
+    std::fs::create_dir(&data).unwrap();
+    std::fs::write(data.join("switchyard.yaml"), text).unwrap();
+    let tmp = dir.join("..data_tmp");
+    std::os::unix::fs::symlink(data.file_name().unwrap(), &tmp).unwrap();
+    let old = std::fs::read_link(dir.join("..data")).ok();
+    std::fs::rename(&tmp, dir.join("..data")).unwrap();
+    if let Some(old) = old {
+        std::fs::remove_dir_all(dir.join(old)).unwrap();
+    } else {
+        std::os::unix::fs::symlink("..data/switchyard.yaml", dir.join("switchyard.yaml")).unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_configmap_update_is_picked_up_and_a_bad_one_rejected() {
+    let k8s = Kubernetes::load();
+    let (shipped, _) = k8s.config();
+    // The ConfigMap's config, on ephemeral loopback ports.
+    let text = shipped
+        .replace("listen: 0.0.0.0:8080", "listen: 127.0.0.1:0")
+        .replace("admin_listen: 0.0.0.0:9090", "admin_listen: 127.0.0.1:0");
+    assert_ne!(text, shipped);
+    let env = k8s.pod_env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let dir = TempDir::new();
+    kubelet_writes(dir.path(), 1, &text);
+    let path = dir.path().join("switchyard.yaml");
+    let gw = Gateway::start_file(dir, path, &env);
+    let client = Client::new();
+    let key = [("authorization", "Bearer sk-sy-demo")];
+    let url = gw.url("/v1/chat/completions");
+    assert_eq!(
+        client.post(&url, &key, chat("demo", false)).await.status,
+        200
+    );
+    assert_eq!(
+        client.post(&url, &key, chat("added", false)).await.status,
+        404
+    );
+
+    // An edited ConfigMap: a new alias.
+    let edited = text.replace(
+        "\nmodels:\n",
+        "\nmodels:\n  added:\n    targets: [{ provider: demo, model: echo }]\n",
+    );
+    assert_ne!(edited, text);
+    kubelet_writes(gw.dir.path(), 2, &edited);
+    gw.wait_for_metric("switchyard_config_reloads_total{result=\"ok\"}", 1.0)
+        .await;
+    assert_eq!(
+        client.post(&url, &key, chat("added", false)).await.status,
+        200
+    );
+
+    // A broken one: rejected, and the running config keeps serving.
+    let skip = gw.logs().len();
+    let broken = edited.replace("pace: 20ms", "pace: 20 parsecs");
+    assert_ne!(broken, edited);
+    kubelet_writes(gw.dir.path(), 3, &broken);
+    gw.wait_for_metric("switchyard_config_reloads_total{result=\"rejected\"}", 1.0)
+        .await;
+    gw.wait_for_log("config reload rejected", skip).await;
+    assert_eq!(
+        client.post(&url, &key, chat("added", false)).await.status,
+        200
+    );
+    assert_eq!(
+        gw.metric("switchyard_config_reloads_total{result=\"ok\"}")
+            .await,
+        1.0
+    );
 }
