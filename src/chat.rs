@@ -585,7 +585,7 @@ mod tests {
         let r =
             ChatRequest::parse(Endpoint::Chat, br#"{"model":"m","messages":[],"n":2}"#).unwrap();
         let e = r.refuse_unsupported("claude", false).unwrap_err();
-        assert_eq!(e.param.as_deref(), Some("n"));
+        assert_eq!(e.param, Some("n"));
         assert!(e.message.contains("provider claude"));
         let r = ChatRequest::parse(
             Endpoint::Chat,

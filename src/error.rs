@@ -122,13 +122,15 @@ pub struct Error {
     pub kind: Kind,
     pub message: Cow<'static, str>,
     /// The request field at fault, when there is one.
-    pub param: Option<Cow<'static, str>>,
+    pub param: Option<&'static str>,
     /// A code that overrides the kind's default (a backend's own code).
-    pub code: Option<String>,
+    pub code: Option<Box<str>>,
     /// Sent as `retry-after` (whole seconds, rounded up).
     pub retry_after: Option<Duration>,
     /// Extra headers such as the `x-ratelimit-*` family.
     pub headers: Vec<(header::HeaderName, HeaderValue)>,
+    /// The provider that failed last, for logs and metrics (never sent).
+    pub provider: Option<std::sync::Arc<str>>,
 }
 
 impl Error {
@@ -140,6 +142,7 @@ impl Error {
             code: None,
             retry_after: None,
             headers: Vec::new(),
+            provider: None,
         }
     }
 
@@ -147,10 +150,7 @@ impl Error {
         Error::new(Kind::InvalidRequest, message)
     }
 
-    pub fn invalid_param(
-        param: impl Into<Cow<'static, str>>,
-        message: impl Into<Cow<'static, str>>,
-    ) -> Self {
+    pub fn invalid_param(param: &'static str, message: impl Into<Cow<'static, str>>) -> Self {
         Error::new(Kind::InvalidRequest, message).with_param(param)
     }
 
@@ -158,13 +158,13 @@ impl Error {
         Error::new(Kind::Internal, message)
     }
 
-    pub fn with_param(mut self, param: impl Into<Cow<'static, str>>) -> Self {
-        self.param = Some(param.into());
+    pub fn with_param(mut self, param: &'static str) -> Self {
+        self.param = Some(param);
         self
     }
 
     pub fn with_code(mut self, code: impl Into<String>) -> Self {
-        self.code = Some(code.into());
+        self.code = Some(code.into().into_boxed_str());
         self
     }
 
@@ -184,7 +184,7 @@ impl Error {
             error: ErrorObject {
                 message: &self.message,
                 r#type: self.kind.error_type(),
-                param: self.param.as_deref(),
+                param: self.param,
                 code,
             },
         };

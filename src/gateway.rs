@@ -105,6 +105,7 @@ where
         // 9. rescue
         Err(error) => {
             record.error = Some(error.message.to_string());
+            record.provider = error.provider.clone();
             error.into_response()
         }
     };

@@ -374,7 +374,7 @@ mod tests {
         for (body, param) in cases {
             let e = parse(Endpoint::Chat, body).unwrap_err();
             assert_eq!(e.kind, Kind::InvalidRequest, "{body}");
-            assert_eq!(e.param.as_deref(), *param, "{body}: {}", e.message);
+            assert_eq!(e.param, *param, "{body}: {}", e.message);
         }
         assert!(parse(Endpoint::Embeddings, r#"{"model":"m","input":""}"#).is_err());
         assert!(parse(Endpoint::Completions, r#"{"model":"m","prompt":5}"#).is_err());

@@ -1013,7 +1013,7 @@ mod tests {
             json!({"model": "m", "messages": [{"role": "user", "content": "x"}], "tools": tools, "tool_choice": "sometimes"}),
         )
         .unwrap_err();
-        assert_eq!(e.param.as_deref(), Some("tool_choice"));
+        assert_eq!(e.param, Some("tool_choice"));
     }
 
     #[test]
@@ -1049,7 +1049,7 @@ mod tests {
                 body[k] = v.clone();
             }
             let e = translate(Endpoint::Chat, body).unwrap_err();
-            assert_eq!(e.param.as_deref(), Some(*param), "{extra}");
+            assert_eq!(e.param, Some(*param), "{extra}");
             assert_eq!(e.status(), StatusCode::BAD_REQUEST);
         }
         let e = translate(

@@ -1768,7 +1768,7 @@ mod tests {
             json!({"tool_choice": {"type": "function", "function": {"name": "zz"}}}),
         ))
         .unwrap_err();
-        assert_eq!(e.param.as_deref(), Some("tool_choice"));
+        assert_eq!(e.param, Some("tool_choice"));
 
         let plain = v2(
             json!({"model": "m", "messages": [{"role": "user", "content": "hi"}],
@@ -1805,28 +1805,25 @@ mod tests {
                 .unwrap()
                 .extend(extra.as_object().unwrap().clone());
             for e in [v2(body.clone()).unwrap_err(), v1(body).unwrap_err()] {
-                assert_eq!(e.param.as_deref(), Some(param));
+                assert_eq!(e.param, Some(param));
                 assert!(e.message.contains("provider co"), "{}", e.message);
                 assert_eq!(e.status(), 400);
             }
         }
         let audio = json!({"model": "m", "messages": [{"role": "user", "content": [{"type": "input_audio", "input_audio": {}}]}]});
-        assert_eq!(v2(audio).unwrap_err().param.as_deref(), Some("messages"));
+        assert_eq!(v2(audio).unwrap_err().param, Some("messages"));
         let image = json!({"model": "m", "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "https://x/y.png"}}]}]});
         assert!(v1(image).unwrap_err().message.contains("api: v2"));
         let required = json!({"model": "m", "messages": user, "tool_choice": "required",
                               "tools": [{"type": "function", "function": {"name": "a"}}]});
-        assert_eq!(
-            v1(required).unwrap_err().param.as_deref(),
-            Some("tool_choice")
-        );
+        assert_eq!(v1(required).unwrap_err().param, Some("tool_choice"));
         let stray = json!({"model": "m", "messages": [
             {"role": "user", "content": "hi"},
             {"role": "assistant", "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
             {"role": "tool", "tool_call_id": "c9", "content": "x"}]});
         assert!(v1(stray).unwrap_err().message.contains("c9"));
         let last = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "Once"}]});
-        assert_eq!(v1(last).unwrap_err().param.as_deref(), Some("messages"));
+        assert_eq!(v1(last).unwrap_err().param, Some("messages"));
     }
 
     #[test]
@@ -1944,8 +1941,7 @@ mod tests {
         assert_eq!(
             embed_body(&e, "x", InputType::default(), "co")
                 .unwrap_err()
-                .param
-                .as_deref(),
+                .param,
             Some("input")
         );
     }

@@ -431,17 +431,14 @@ mod tests {
             r#"{"model":"m","messages":[{"role":"user","content":"Hi"}],"tools":[{"type":"function","function":{"name":"f"}}]}"#,
         );
         let e = p.adapter.request(&c, "x").unwrap_err();
-        assert_eq!(e.param.as_deref(), Some("tools"));
+        assert_eq!(e.param, Some("tools"));
         assert!(e.message.contains("provider p"), "{}", e.message);
         let (p, c) = call(
             PROVIDER,
             Endpoint::Chat,
             r#"{"model":"m","messages":[{"role":"user","content":"Hi"}],"n":3}"#,
         );
-        assert_eq!(
-            p.adapter.request(&c, "x").unwrap_err().param.as_deref(),
-            Some("n")
-        );
+        assert_eq!(p.adapter.request(&c, "x").unwrap_err().param, Some("n"));
         let (p, c) = call(
             PROVIDER,
             Endpoint::Chat,

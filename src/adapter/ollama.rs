@@ -991,7 +991,7 @@ mod tests {
             false,
         )
         .unwrap_err();
-        assert_eq!(e.param.as_deref(), Some("tool_choice"));
+        assert_eq!(e.param, Some("tool_choice"));
     }
 
     #[test]
@@ -1019,7 +1019,7 @@ mod tests {
             json!([{"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}]),
         ));
         assert_eq!(e.status(), 400);
-        assert_eq!(e.param.as_deref(), Some("messages"));
+        assert_eq!(e.param, Some("messages"));
         assert!(
             e.message.contains("messages[0].content[0].image_url"),
             "{}",
@@ -1029,21 +1029,21 @@ mod tests {
         let e = refused(user(
             json!([{"type": "input_audio", "input_audio": {"data": "AAAA", "format": "wav"}}]),
         ));
-        assert_eq!(e.param.as_deref(), Some("messages"));
+        assert_eq!(e.param, Some("messages"));
         let mut body = user(json!("x"));
         body["n"] = json!(2);
-        assert_eq!(refused(body).param.as_deref(), Some("n"));
+        assert_eq!(refused(body).param, Some("n"));
         let mut body = user(json!("x"));
         body["logprobs"] = json!(true);
         let e = refused(body);
-        assert_eq!(e.param.as_deref(), Some("logprobs"));
+        assert_eq!(e.param, Some("logprobs"));
         assert!(e.message.contains("provider local"));
         let mut body = user(json!("x"));
         body["tools"] = json!([{"type": "custom", "custom": {"name": "x"}}]);
-        assert_eq!(refused(body).param.as_deref(), Some("tools"));
+        assert_eq!(refused(body).param, Some("tools"));
         let mut body = user(json!("x"));
         body["response_format"] = json!({"type": "json_schema", "json_schema": {"name": "x"}});
-        assert_eq!(refused(body).param.as_deref(), Some("response_format"));
+        assert_eq!(refused(body).param, Some("response_format"));
     }
 
     #[test]
@@ -1063,11 +1063,7 @@ mod tests {
         assert_eq!(sent, json!({"model": "m", "input": ["one"]}));
         let request = EmbeddingRequest::parse(br#"{"model":"e","input":[[1,2]]}"#).unwrap();
         assert_eq!(
-            adapter()
-                .embed_body(&request, "m")
-                .unwrap_err()
-                .param
-                .as_deref(),
+            adapter().embed_body(&request, "m").unwrap_err().param,
             Some("input")
         );
 

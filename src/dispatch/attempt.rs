@@ -253,7 +253,7 @@ pub fn final_error(provider: &Provider, mut f: Failure) -> Error {
             | StatusCode::UNPROCESSABLE_ENTITY),
         ) => {
             let mut e = Error::new(Kind::UpstreamRejected(s), f.message);
-            e.code = f.code;
+            e.code = f.code.map(String::into_boxed_str);
             e
         }
         Cause::Status(StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) => Error::new(

@@ -87,6 +87,10 @@ fn into_error(e: DispatchError) -> Error {
         DispatchError::Refused(e) => e,
         DispatchError::Failed {
             failure, provider, ..
-        } => final_error(&provider, failure),
+        } => {
+            let mut e = final_error(&provider, failure);
+            e.provider = Some(provider.id.clone());
+            e
+        }
     }
 }

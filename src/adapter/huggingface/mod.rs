@@ -1660,7 +1660,7 @@ mod tests {
                     "m",
                 )
                 .unwrap_err();
-            assert_eq!(e.param.as_deref(), Some("suffix"));
+            assert_eq!(e.param, Some("suffix"));
         }
         let hints = Hints::of(
             Endpoint::Completions,
@@ -1712,7 +1712,7 @@ mod tests {
                     "m",
                 )
                 .unwrap_err();
-            assert_eq!(e.param.as_deref(), Some("response_format"));
+            assert_eq!(e.param, Some("response_format"));
         }
         let r = hf
             .embed_request(br#"{"model":"a","input":"hello"}"#, "BAAI/bge small")
@@ -1725,7 +1725,7 @@ mod tests {
         let e = hf
             .embed_request(br#"{"model":"a","input":"x","dimensions":8}"#, "m")
             .unwrap_err();
-        assert_eq!(e.param.as_deref(), Some("dimensions"));
+        assert_eq!(e.param, Some("dimensions"));
     }
 
     #[test]
@@ -1755,7 +1755,7 @@ mod tests {
             let e = hf
                 .generate_request(Endpoint::Chat, &chat_body(extra.clone()), false, "m")
                 .unwrap_err();
-            assert_eq!(e.param.as_deref(), Some(*param), "{extra}");
+            assert_eq!(e.param, Some(*param), "{extra}");
             assert!(e.message.contains("provider hf"), "{}", e.message);
         }
         let declined = chat_body(
@@ -1773,7 +1773,7 @@ mod tests {
                 "m",
             )
             .unwrap_err();
-        assert_eq!(e.param.as_deref(), Some("messages"));
+        assert_eq!(e.param, Some("messages"));
         assert!(e.message.contains("alternate"), "{}", e.message);
     }
 
