@@ -81,27 +81,6 @@ fn anthropic(req: &Recorded) -> Plan {
 }
 
 /// The chunks of an SSE reply, `[DONE]` checked and left out.
-fn chunks(reply: &support::Reply) -> Vec<Value> {
-    let events = reply.events();
-    assert_eq!(
-        events.last().map(String::as_str),
-        Some("[DONE]"),
-        "{}",
-        reply.text()
-    );
-    events[..events.len() - 1]
-        .iter()
-        .map(|e| serde_json::from_str(e).unwrap())
-        .collect()
-}
-
-fn assert_error(reply: &support::Reply, status: u16, kind: &str, code: Option<&str>) {
-    assert_eq!(reply.status, status, "{}", reply.text());
-    let (t, c) = reply.error();
-    assert_eq!(t, kind, "{}", reply.text());
-    assert_eq!(c.as_deref(), code, "{}", reply.text());
-}
-
 #[tokio::test]
 async fn a_chat_round_trip_translates_both_ways() {
     let mock = Mock::start(anthropic).await;
@@ -333,7 +312,7 @@ async fn a_stream_with_text_and_tool_calls_becomes_openai_chunks() {
     assert_eq!(mock.last().json()["stream"], true);
     assert_eq!(mock.last().header("accept"), Some("text/event-stream"));
 
-    let chunks = chunks(&reply);
+    let chunks = reply.chunks();
     let id = chunks[0]["id"].as_str().unwrap().to_owned();
     assert!(id.starts_with("chatcmpl-"));
     for c in &chunks {
@@ -399,7 +378,7 @@ async fn a_plain_stream_has_no_usage_chunk_unless_asked() {
         .post(&gw.url("/v1/chat/completions"), &[], body.to_string())
         .await;
     assert_eq!(reply.status, 200, "{}", reply.text());
-    let chunks = chunks(&reply);
+    let chunks = reply.chunks();
     assert_eq!(chunks.len(), 4, "{chunks:?}");
     assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
     let text: String = chunks
@@ -447,7 +426,7 @@ async fn legacy_completions_go_through_messages() {
         )
         .await;
     assert_eq!(reply.status, 200, "{}", reply.text());
-    let chunks = chunks(&reply);
+    let chunks = reply.chunks();
     assert!(chunks.iter().all(|c| c["object"] == "text_completion"));
     let text: String = chunks
         .iter()
@@ -472,7 +451,7 @@ async fn what_the_api_cannot_do_is_refused_before_any_request() {
             r#"{"model":"sonnet","input":"hello"}"#,
         )
         .await;
-    assert_error(&reply, 400, "invalid_request_error", None);
+    reply.assert_error(400, "invalid_request_error", None);
     assert_eq!(reply.json()["error"]["param"], "model");
 
     for (extra, param) in [
@@ -490,7 +469,7 @@ async fn what_the_api_cannot_do_is_refused_before_any_request() {
         let reply = client
             .post(&gw.url("/v1/chat/completions"), &[], body.to_string())
             .await;
-        assert_error(&reply, 400, "invalid_request_error", None);
+        reply.assert_error(400, "invalid_request_error", None);
         let error = &reply.json()["error"];
         assert_eq!(error["param"], param);
         assert!(
@@ -508,7 +487,7 @@ async fn what_the_api_cannot_do_is_refused_before_any_request() {
             r#"{"model":"sonnet","prompt":"Hi","logprobs":2}"#,
         )
         .await;
-    assert_error(&reply, 400, "invalid_request_error", None);
+    reply.assert_error(400, "invalid_request_error", None);
     assert_eq!(mock.hits(), 0);
 }
 
@@ -528,12 +507,7 @@ async fn backend_errors_map_per_the_contract() {
     );
     mock.set(move |_| Plan::json(400, body.clone()));
     let reply = client.post(&url, &[], hi.clone()).await;
-    assert_error(
-        &reply,
-        400,
-        "invalid_request_error",
-        Some("invalid_request_error"),
-    );
+    reply.assert_error(400, "invalid_request_error", Some("invalid_request_error"));
     assert_eq!(
         reply.json()["error"]["message"],
         "max_tokens: 999999 > 64000, which is the maximum allowed"
@@ -542,12 +516,7 @@ async fn backend_errors_map_per_the_contract() {
     let body = error("not_found_error", "model: claude-nope");
     mock.set(move |_| Plan::json(404, body.clone()));
     let reply = client.post(&url, &[], hi.clone()).await;
-    assert_error(
-        &reply,
-        404,
-        "invalid_request_error",
-        Some("not_found_error"),
-    );
+    reply.assert_error(404, "invalid_request_error", Some("not_found_error"));
 
     let body = error(
         "rate_limit_error",
@@ -555,30 +524,20 @@ async fn backend_errors_map_per_the_contract() {
     );
     mock.set(move |_| Plan::json(429, body.clone()).header("retry-after", "12"));
     let reply = client.post(&url, &[], hi.clone()).await;
-    assert_error(
-        &reply,
-        429,
-        "rate_limit_error",
-        Some("upstream_rate_limited"),
-    );
+    reply.assert_error(429, "rate_limit_error", Some("upstream_rate_limited"));
     assert_eq!(reply.header("retry-after"), Some("12"));
 
     let body = error("overloaded_error", "Overloaded");
     mock.set(move |_| Plan::json(529, body.clone()).header("retry-after", "3"));
     let reply = client.post(&url, &[], hi.clone()).await;
-    assert_error(
-        &reply,
-        429,
-        "rate_limit_error",
-        Some("upstream_rate_limited"),
-    );
+    reply.assert_error(429, "rate_limit_error", Some("upstream_rate_limited"));
     assert_eq!(reply.header("retry-after"), Some("3"));
     assert!(reply.text().contains("529"), "{}", reply.text());
 
     let body = error("api_error", "Internal server error");
     mock.set(move |_| Plan::json(500, body.clone()));
     let reply = client.post(&url, &[], hi.clone()).await;
-    assert_error(&reply, 502, "upstream_error", Some("upstream_error"));
+    reply.assert_error(502, "upstream_error", Some("upstream_error"));
     let message = reply.json()["error"]["message"]
         .as_str()
         .unwrap()
@@ -591,7 +550,7 @@ async fn backend_errors_map_per_the_contract() {
     let body = error("authentication_error", &format!("invalid x-api-key {KEY}"));
     mock.set(move |_| Plan::json(401, body.clone()));
     let reply = client.post(&url, &[], hi.clone()).await;
-    assert_error(&reply, 502, "upstream_error", Some("upstream_error"));
+    reply.assert_error(502, "upstream_error", Some("upstream_error"));
     assert_eq!(
         reply.json()["error"]["message"],
         "provider claude rejected the gateway's credentials"
@@ -674,6 +633,6 @@ async fn an_error_event_before_any_output_is_a_plain_error_response() {
     let reply = Client::new()
         .post(&gw.url("/v1/chat/completions"), &[], body.to_string())
         .await;
-    assert_error(&reply, 502, "upstream_error", Some("upstream_error"));
+    reply.assert_error(502, "upstream_error", Some("upstream_error"));
     assert!(reply.text().contains("Internal server error"));
 }

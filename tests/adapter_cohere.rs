@@ -132,27 +132,6 @@ fn cohere(req: &Recorded) -> Plan {
 }
 
 /// The JSON chunks of an SSE body, checking it ends with `[DONE]`.
-fn chunks(reply: &support::Reply) -> Vec<Value> {
-    let events = reply.events();
-    assert_eq!(
-        events.last().map(String::as_str),
-        Some("[DONE]"),
-        "{}",
-        reply.text()
-    );
-    events[..events.len() - 1]
-        .iter()
-        .map(|e| serde_json::from_str(e).unwrap())
-        .collect()
-}
-
-fn assert_error(reply: &support::Reply, status: u16, kind: &str, code: Option<&str>) {
-    assert_eq!(reply.status, status, "{}", reply.text());
-    let (t, c) = reply.error();
-    assert_eq!(t, kind, "{}", reply.text());
-    assert_eq!(c.as_deref(), code, "{}", reply.text());
-}
-
 #[tokio::test]
 async fn a_v2_chat_is_translated_both_ways() {
     let mock = Mock::start(cohere).await;
@@ -232,7 +211,7 @@ async fn a_v2_stream_becomes_openai_chunks() {
         json!({"model": "command-a-03-2025", "messages": [{"role": "user", "content": "hi"}], "stream": true})
     );
 
-    let c = chunks(&reply);
+    let c = reply.chunks();
     assert_eq!(c.len(), 5, "{}", reply.text());
     for chunk in &c {
         assert_eq!(chunk["object"], "chat.completion.chunk");
@@ -321,7 +300,7 @@ async fn tool_calls_go_out_and_come_back() {
             "tool_choice": "REQUIRED"
         })
     );
-    let c = chunks(&reply);
+    let c = reply.chunks();
     let deltas: Vec<&Value> = c.iter().map(|c| &c["choices"][0]["delta"]).collect();
     assert_eq!(deltas[0]["role"], "assistant");
     assert_eq!(deltas[1], &json!({"content": "I will check."}));
@@ -405,7 +384,7 @@ async fn legacy_completions_are_a_one_message_chat() {
             r#"{"model":"chat","prompt":"Once upon","stream":true}"#,
         )
         .await;
-    let c = chunks(&reply);
+    let c = reply.chunks();
     assert!(c.iter().all(|c| c["object"] == "text_completion"));
     let text: String = c
         .iter()
@@ -522,7 +501,7 @@ async fn chat_v1_speaks_message_history_and_ndjson() {
         "v1 streams in its default framing"
     );
     assert_eq!(mock.last().json()["stream"], true);
-    let c = chunks(&reply);
+    let c = reply.chunks();
     assert_eq!(c.len(), 5, "{}", reply.text());
     assert_eq!(
         c[0]["choices"][0]["delta"],
@@ -607,7 +586,7 @@ async fn chat_v1_tool_calls_get_ids_and_results_find_their_calls() {
         sent["tool_results"],
         json!([{"call": {"name": "get_weather", "parameters": {"city": "Oslo"}}, "outputs": [{"temp": 12}]}])
     );
-    let c = chunks(&reply);
+    let c = reply.chunks();
     let deltas: Vec<&Value> = c.iter().map(|c| &c["choices"][0]["delta"]).collect();
     assert_eq!(deltas[1], &json!({"content": "Checking."}));
     assert_eq!(
@@ -644,7 +623,7 @@ async fn backend_errors_map_per_the_contract() {
         )
     });
     let reply = client.post(&url, &[], chat.clone()).await;
-    assert_error(&reply, 400, "invalid_request_error", None);
+    reply.assert_error(400, "invalid_request_error", None);
     assert_eq!(
         reply.json()["error"]["message"],
         "invalid request: model 'nope' not found"
@@ -658,12 +637,7 @@ async fn backend_errors_map_per_the_contract() {
         .header("retry-after", "7")
     });
     let reply = client.post(&url, &[], chat.clone()).await;
-    assert_error(
-        &reply,
-        429,
-        "rate_limit_error",
-        Some("upstream_rate_limited"),
-    );
+    reply.assert_error(429, "rate_limit_error", Some("upstream_rate_limited"));
     assert_eq!(reply.header("retry-after"), Some("7"));
     assert!(reply.text().contains("Trial key"), "{}", reply.text());
 
@@ -674,7 +648,7 @@ async fn backend_errors_map_per_the_contract() {
         )
     });
     let reply = client.post(&url, &[], chat.clone()).await;
-    assert_error(&reply, 502, "upstream_error", Some("upstream_error"));
+    reply.assert_error(502, "upstream_error", Some("upstream_error"));
     let message = reply.json()["error"]["message"]
         .as_str()
         .unwrap()
@@ -686,7 +660,7 @@ async fn backend_errors_map_per_the_contract() {
 
     mock.set(|_| Plan::json(401, json!({"id": "b3f4", "message": "invalid api token"})));
     let reply = client.post(&url, &[], chat.clone()).await;
-    assert_error(&reply, 502, "upstream_error", Some("upstream_error"));
+    reply.assert_error(502, "upstream_error", Some("upstream_error"));
     assert_eq!(
         reply.json()["error"]["message"],
         "provider co rejected the gateway's credentials"
@@ -700,7 +674,7 @@ async fn backend_errors_map_per_the_contract() {
         )
     });
     let reply = client.post(&url, &[], chat.clone()).await;
-    assert_error(&reply, 502, "upstream_error", Some("upstream_error"));
+    reply.assert_error(502, "upstream_error", Some("upstream_error"));
 
     // A stream that fails before its first event is still a clean HTTP error.
     mock.set(|_| {
@@ -712,7 +686,7 @@ async fn backend_errors_map_per_the_contract() {
     let body =
         json!({"model": "chat", "stream": true, "messages": [{"role": "user", "content": "hi"}]});
     let reply = client.post(&url, &[], body.to_string()).await;
-    assert_error(&reply, 502, "upstream_error", Some("upstream_error"));
+    reply.assert_error(502, "upstream_error", Some("upstream_error"));
     assert!(
         reply.text().contains("model overloaded"),
         "{}",
@@ -838,7 +812,7 @@ async fn fields_cohere_cannot_honour_are_refused_before_any_request() {
         let reply = client
             .post(&gw.url("/v1/chat/completions"), &[], body.to_string())
             .await;
-        assert_error(&reply, 400, "invalid_request_error", None);
+        reply.assert_error(400, "invalid_request_error", None);
         let e = &reply.json()["error"];
         assert_eq!(e["param"], param, "{e}");
         assert!(
@@ -853,6 +827,6 @@ async fn fields_cohere_cannot_honour_are_refused_before_any_request() {
             r#"{"model":"embed","input":[[1,2,3]]}"#,
         )
         .await;
-    assert_error(&reply, 400, "invalid_request_error", None);
+    reply.assert_error(400, "invalid_request_error", None);
     assert_eq!(mock.hits(), 0, "nothing reached the backend");
 }

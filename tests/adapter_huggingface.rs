@@ -128,27 +128,6 @@ async fn start() -> (Mock, Gateway) {
 }
 
 /// The chunks of an SSE reply (JSON), asserting it ends with `[DONE]`.
-fn chunks(reply: &support::Reply) -> Vec<Value> {
-    let events = reply.events();
-    assert_eq!(
-        events.last().map(String::as_str),
-        Some("[DONE]"),
-        "{}",
-        reply.text()
-    );
-    events[..events.len() - 1]
-        .iter()
-        .map(|e| serde_json::from_str(e).unwrap())
-        .collect()
-}
-
-fn assert_error(reply: &support::Reply, status: u16, kind: &str, code: Option<&str>) {
-    assert_eq!(reply.status, status, "{}", reply.text());
-    let (t, c) = reply.error();
-    assert_eq!(t, kind, "{}", reply.text());
-    assert_eq!(c.as_deref(), code, "{}", reply.text());
-}
-
 #[tokio::test]
 async fn generate_renders_the_template_and_answers_in_openai_shape() {
     let (mock, gw) = start().await;
@@ -214,7 +193,7 @@ async fn generate_streams_token_events_as_chunks() {
     assert_eq!(sent.json()["parameters"]["details"], true);
     assert_eq!(sent.json()["parameters"]["max_new_tokens"], 1024);
 
-    let c = chunks(&reply);
+    let c = reply.chunks();
     assert_eq!(c.len(), 5, "{c:?}");
     let id = c[0]["id"].as_str().unwrap().to_owned();
     assert!(id.starts_with("chatcmpl-"));
@@ -278,7 +257,7 @@ async fn legacy_completions_send_the_prompt_without_a_template() {
         )
         .await;
     assert_eq!(mock.last().path, "/generate_stream");
-    let c = chunks(&reply);
+    let c = reply.chunks();
     assert!(c.iter().all(|c| c["object"] == "text_completion"));
     let text: String = c
         .iter()
@@ -325,7 +304,7 @@ async fn messages_api_passes_through_with_tgis_deviations_normalised() {
         json!({"include_usage": true}),
         "usage is always asked of TGI"
     );
-    let c = chunks(&reply);
+    let c = reply.chunks();
     assert_eq!(
         c.len(),
         4,
@@ -403,7 +382,7 @@ async fn tool_calls_go_through_the_messages_api_both_ways() {
     let reply = client
         .post(&gw.url("/v1/chat/completions"), &[], streamed.to_string())
         .await;
-    let c = chunks(&reply);
+    let c = reply.chunks();
     assert_eq!(c.len(), 6, "{c:?}");
     let first = &c[1]["choices"][0]["delta"]["tool_calls"][0];
     assert_eq!(first["index"], 0);
@@ -462,7 +441,7 @@ async fn the_inference_api_answers_whole_and_streams_are_synthesized() {
         Some("application/json"),
         "the backend is asked for a whole answer"
     );
-    let c = chunks(&reply);
+    let c = reply.chunks();
     assert_eq!(c.len(), 4, "role, content, finish, usage: {c:?}");
     assert_eq!(c[1]["choices"][0]["delta"], json!({"content": "Bonjour!"}));
     assert_eq!(c[2]["choices"][0]["finish_reason"], "stop");
@@ -509,7 +488,7 @@ async fn embeddings_come_from_feature_extraction() {
             json!({"model": "llama", "input": "x"}).to_string(),
         )
         .await;
-    assert_error(&reply, 400, "invalid_request_error", None);
+    reply.assert_error(400, "invalid_request_error", None);
 }
 
 #[tokio::test]
@@ -530,7 +509,7 @@ async fn backend_errors_map_per_the_contract() {
     let reply = client
         .post(&gw.url("/v1/chat/completions"), &[], chat("llama"))
         .await;
-    assert_error(&reply, 422, "invalid_request_error", Some("validation"));
+    reply.assert_error(422, "invalid_request_error", Some("validation"));
     assert_eq!(
         reply.json()["error"]["message"],
         "Input validation error: `inputs` tokens + `max_new_tokens` must be <= 4096"
@@ -546,12 +525,7 @@ async fn backend_errors_map_per_the_contract() {
     let reply = client
         .post(&gw.url("/v1/chat/completions"), &[], chat("llama-chat"))
         .await;
-    assert_error(
-        &reply,
-        429,
-        "rate_limit_error",
-        Some("upstream_rate_limited"),
-    );
+    reply.assert_error(429, "rate_limit_error", Some("upstream_rate_limited"));
     assert_eq!(reply.header("retry-after"), Some("30"));
 
     mock.set(|_| {
@@ -563,7 +537,7 @@ async fn backend_errors_map_per_the_contract() {
     let reply = client
         .post(&gw.url("/v1/chat/completions"), &[], chat("llama"))
         .await;
-    assert_error(&reply, 502, "upstream_error", Some("upstream_error"));
+    reply.assert_error(502, "upstream_error", Some("upstream_error"));
     let message = reply.json()["error"]["message"]
         .as_str()
         .unwrap()
@@ -582,7 +556,7 @@ async fn backend_errors_map_per_the_contract() {
     let reply = client
         .post(&gw.url("/v1/chat/completions"), &[], chat("mistral"))
         .await;
-    assert_error(&reply, 502, "upstream_error", Some("upstream_error"));
+    reply.assert_error(502, "upstream_error", Some("upstream_error"));
     assert!(
         reply.text().contains("currently loading"),
         "{}",
@@ -598,7 +572,7 @@ async fn backend_errors_map_per_the_contract() {
     let reply = client
         .post(&gw.url("/v1/chat/completions"), &[], chat("mistral"))
         .await;
-    assert_error(&reply, 502, "upstream_error", Some("upstream_error"));
+    reply.assert_error(502, "upstream_error", Some("upstream_error"));
     assert_eq!(
         reply.json()["error"]["message"],
         "provider hub rejected the gateway's credentials"
@@ -692,7 +666,7 @@ async fn what_a_surface_cannot_honour_is_refused_before_any_request() {
         let reply = client
             .post(&gw.url("/v1/chat/completions"), &[], body.to_string())
             .await;
-        assert_error(&reply, 400, "invalid_request_error", None);
+        reply.assert_error(400, "invalid_request_error", None);
         assert_eq!(reply.json()["error"]["param"], *param, "{body}");
     }
     let reply = client
@@ -702,6 +676,6 @@ async fn what_a_surface_cannot_honour_is_refused_before_any_request() {
             json!({"model": "llama", "prompt": "a", "suffix": "b"}).to_string(),
         )
         .await;
-    assert_error(&reply, 400, "invalid_request_error", None);
+    reply.assert_error(400, "invalid_request_error", None);
     assert_eq!(mock.hits(), 0, "nothing reached the backend");
 }

@@ -81,18 +81,6 @@ fn chat(model: &str, stream: bool) -> String {
 }
 
 /// The chunk JSONs of a stream, `[DONE]` checked and left out.
-fn chunks(events: &[String]) -> Vec<Value> {
-    assert_eq!(
-        events.last().map(String::as_str),
-        Some("[DONE]"),
-        "{events:?}"
-    );
-    events[..events.len() - 1]
-        .iter()
-        .map(|e| serde_json::from_str(e).unwrap())
-        .collect()
-}
-
 fn deltas(chunks: &[Value]) -> Vec<Value> {
     chunks
         .iter()
@@ -201,7 +189,7 @@ async fn an_ndjson_stream_is_relayed_delta_by_delta() {
         .await;
     assert_eq!(reply.status, 200, "{}", reply.text());
     assert_eq!(reply.header("content-type"), Some("text/event-stream"));
-    let chunks = chunks(&reply.events());
+    let chunks = reply.chunks();
     assert_eq!(
         deltas(&chunks),
         vec![
@@ -256,7 +244,7 @@ async fn an_sse_stream_and_an_error_in_the_middle_of_it() {
         .await;
     assert_eq!(reply.status, 200, "{}", reply.text());
     assert_eq!(
-        deltas(&chunks(&reply.events())),
+        deltas(&reply.chunks()),
         vec![
             json!([{"role": "assistant", "content": ""}, null]),
             json!([{"content": "Hel"}, null]),
@@ -299,7 +287,7 @@ async fn without_a_stream_section_the_stream_is_synthesized() {
         .await;
     assert_eq!(reply.status, 200, "{}", reply.text());
     assert_eq!(
-        deltas(&chunks(&reply.events())),
+        deltas(&reply.chunks()),
         vec![
             json!([{"role": "assistant", "content": ""}, null]),
             json!([{"content": "Whole answer"}, null]),
@@ -511,7 +499,7 @@ async fn a_websocket_round_trip_streamed() {
         .await;
     assert_eq!(reply.status, 200, "{}", reply.text());
     assert_eq!(
-        deltas(&chunks(&reply.events())),
+        deltas(&reply.chunks()),
         vec![
             json!([{"role": "assistant", "content": ""}, null]),
             json!([{"content": "Hel"}, null]),

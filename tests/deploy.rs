@@ -1583,14 +1583,6 @@ fn the_dashboard_is_a_provisionable_grafana_dashboard() {
     assert_promtool(&["check", "rules", path.to_str().unwrap()], None);
 }
 
-/// A port with nothing listening.
-fn dead_url() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    drop(listener);
-    format!("http://127.0.0.1:{port}/v1")
-}
-
 #[tokio::test]
 async fn dashboards_and_alerts_query_only_what_a_running_gateway_exports() {
     let config = format!(
@@ -1612,7 +1604,7 @@ models:
 "#,
         digest("sk-team"),
         digest("sk-limited"),
-        dead_url()
+        support::dead_url()
     );
     let gw = Gateway::start(&config);
     let client = Client::new();

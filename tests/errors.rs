@@ -18,15 +18,6 @@ fn config(mock: &Mock) -> String {
     )
 }
 
-fn assert_error(reply: &support::Reply, status: u16, kind: &str, code: Option<&str>) {
-    assert_eq!(reply.status, status, "{}", reply.text());
-    assert_eq!(reply.header("content-type"), Some("application/json"));
-    assert!(reply.header("x-request-id").is_some());
-    let (t, c) = reply.error();
-    assert_eq!(t, kind, "{}", reply.text());
-    assert_eq!(c.as_deref(), code, "{}", reply.text());
-}
-
 #[tokio::test]
 async fn malformed_requests_are_400() {
     let mock = Mock::openai().await;
@@ -45,7 +36,7 @@ async fn malformed_requests_are_400() {
         "",
     ] {
         let reply = client.post(&url, &[], body).await;
-        assert_error(&reply, 400, "invalid_request_error", None);
+        reply.assert_error(400, "invalid_request_error", None);
     }
     let reply = client.post(&url, &[], "{\"model\":\"m\"}").await;
     assert_eq!(reply.json()["error"]["param"], "messages");
@@ -57,25 +48,12 @@ async fn unknown_paths_and_methods() {
     let mock = Mock::openai().await;
     let gw = Gateway::start(&config(&mock));
     let client = Client::new();
-    assert_error(
-        &client.post(&gw.url("/v1/responses"), &[], "{}").await,
-        404,
-        "invalid_request_error",
-        Some("unknown_url"),
-    );
-    assert_error(
-        &client.get(&gw.url("/"), &[]).await,
-        404,
-        "invalid_request_error",
-        Some("unknown_url"),
-    );
+    let reply = client.post(&gw.url("/v1/responses"), &[], "{}").await;
+    reply.assert_error(404, "invalid_request_error", Some("unknown_url"));
+    let reply = client.get(&gw.url("/"), &[]).await;
+    reply.assert_error(404, "invalid_request_error", Some("unknown_url"));
     let reply = client.get(&gw.url("/v1/chat/completions"), &[]).await;
-    assert_error(
-        &reply,
-        405,
-        "invalid_request_error",
-        Some("method_not_allowed"),
-    );
+    reply.assert_error(405, "invalid_request_error", Some("method_not_allowed"));
     assert_eq!(reply.header("allow"), Some("POST"));
 }
 
@@ -89,12 +67,7 @@ async fn oversized_bodies_and_headers() {
         "x".repeat(8000)
     );
     let reply = client.post(&gw.url("/v1/chat/completions"), &[], big).await;
-    assert_error(
-        &reply,
-        413,
-        "invalid_request_error",
-        Some("request_too_large"),
-    );
+    reply.assert_error(413, "invalid_request_error", Some("request_too_large"));
     let huge = "y".repeat(10_000);
     let reply = client
         .post(
@@ -103,8 +76,7 @@ async fn oversized_bodies_and_headers() {
             chat("m", false),
         )
         .await;
-    assert_error(
-        &reply,
+    reply.assert_error(
         431,
         "invalid_request_error",
         Some("request_header_fields_too_large"),
@@ -144,7 +116,7 @@ async fn backend_client_errors_keep_their_status() {
         let reply = client
             .post(&gw.url("/v1/chat/completions"), &[], chat("m", false))
             .await;
-        assert_error(&reply, status, "invalid_request_error", code);
+        reply.assert_error(status, "invalid_request_error", code);
         let message = reply.json()["error"]["message"]
             .as_str()
             .unwrap()
@@ -167,7 +139,7 @@ async fn backend_failures_are_502_and_name_the_provider() {
 
     mock.set(|_| Plan::json(500, json!({"error": {"message": "engine crashed"}})));
     let reply = client.post(&url, &[], chat("m", false)).await;
-    assert_error(&reply, 502, "upstream_error", Some("upstream_error"));
+    reply.assert_error(502, "upstream_error", Some("upstream_error"));
     let message = reply.json()["error"]["message"]
         .as_str()
         .unwrap()
@@ -185,7 +157,7 @@ async fn backend_failures_are_502_and_name_the_provider() {
         )
     });
     let reply = client.post(&url, &[], chat("m", false)).await;
-    assert_error(&reply, 502, "upstream_error", Some("upstream_error"));
+    reply.assert_error(502, "upstream_error", Some("upstream_error"));
     assert!(
         !reply.text().contains("sk-provider-SECRET-42"),
         "{}",
@@ -199,19 +171,19 @@ async fn backend_failures_are_502_and_name_the_provider() {
         )
     });
     let reply = client.post(&url, &[], chat("m", false)).await;
-    assert_error(&reply, 502, "upstream_error", Some("upstream_error"));
+    reply.assert_error(502, "upstream_error", Some("upstream_error"));
     assert_eq!(
         reply.json()["error"]["message"],
         "provider p rejected the gateway's credentials"
     );
 
     let reply = client.post(&url, &[], chat("down", false)).await;
-    assert_error(&reply, 502, "upstream_error", Some("upstream_error"));
+    reply.assert_error(502, "upstream_error", Some("upstream_error"));
     assert!(reply.text().contains("provider dead"));
 
     mock.set(|_| Plan::text(502, "<html>bad gateway</html>"));
     let reply = client.post(&url, &[], chat("m", false)).await;
-    assert_error(&reply, 502, "upstream_error", Some("upstream_error"));
+    reply.assert_error(502, "upstream_error", Some("upstream_error"));
 
     let logs = gw.logs().join("\n");
     assert!(
@@ -234,12 +206,7 @@ async fn backend_rate_limits_are_429_with_retry_after() {
     let reply = Client::new()
         .post(&gw.url("/v1/chat/completions"), &[], chat("m", false))
         .await;
-    assert_error(
-        &reply,
-        429,
-        "rate_limit_error",
-        Some("upstream_rate_limited"),
-    );
+    reply.assert_error(429, "rate_limit_error", Some("upstream_rate_limited"));
     assert_eq!(reply.header("retry-after"), Some("7"));
 }
 
@@ -250,7 +217,7 @@ async fn a_backend_that_does_not_answer_is_504() {
     let reply = Client::new()
         .post(&gw.url("/v1/chat/completions"), &[], chat("m", true))
         .await;
-    assert_error(&reply, 504, "upstream_error", Some("upstream_timeout"));
+    reply.assert_error(504, "upstream_error", Some("upstream_timeout"));
     assert!(reply.text().contains("provider p"));
 }
 
@@ -261,5 +228,5 @@ async fn a_backend_that_sends_garbage_is_502() {
     let reply = Client::new()
         .post(&gw.url("/v1/chat/completions"), &[], chat("m", false))
         .await;
-    assert_error(&reply, 502, "upstream_error", Some("upstream_error"));
+    reply.assert_error(502, "upstream_error", Some("upstream_error"));
 }

@@ -30,14 +30,6 @@ async fn failing_first(n: usize, status: u16) -> (Mock, Arc<AtomicUsize>) {
     (mock, seen)
 }
 
-/// A port with nothing listening.
-fn dead_url() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    drop(listener);
-    format!("http://127.0.0.1:{port}/v1")
-}
-
 fn providers(list: &[(&str, String)]) -> String {
     let mut s = String::from("providers:\n");
     for (name, url) in list {
@@ -127,7 +119,7 @@ async fn refused_connections_are_retried_elsewhere() {
     let good = Mock::openai().await;
     let config = format!(
         "{OPEN}routing: {{retry: {{backoff: {{base: 1ms, max: 5ms}}}}}}\n{}models: {{m: {{targets: [{{provider: dead, weight: 1000}}, {{provider: good, weight: 1}}]}}}}\n",
-        providers(&[("dead", dead_url()), ("good", good.url("/v1"))])
+        providers(&[("dead", support::dead_url()), ("good", good.url("/v1"))])
     );
     let gw = Gateway::start(&config);
     let reply = post(&gw, "m", true).await;

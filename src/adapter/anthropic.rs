@@ -29,7 +29,7 @@ use crate::config::{Path, Problem, raw};
 use crate::error::Error;
 use crate::openai::{Endpoint, Usage};
 use crate::stream::chunks::{ChunkWriter, Shape};
-use crate::stream::{Decoder, sse::Event, sse::SseParser};
+use crate::stream::{Decoder, Framed, Handler, sse::Event};
 use crate::upstream::{Cause, Failure};
 
 const DEFAULT_BASE: &str = "https://api.anthropic.com";
@@ -639,12 +639,9 @@ fn in_band_error(data: &[u8]) -> Failure {
 // === stream decoding ===
 
 /// Anthropic's named events → OpenAI chunks.
-pub struct MessageStream {
-    sse: SseParser,
-    state: StreamState,
-}
+pub type MessageStream = Framed<StreamState>;
 
-struct StreamState {
+pub struct StreamState {
     writer: ChunkWriter,
     /// Started tool calls, in order: the Anthropic block index, and whether
     /// any argument text went out yet.
@@ -655,31 +652,25 @@ struct StreamState {
     done: bool,
 }
 
-impl MessageStream {
+impl Framed<StreamState> {
     pub fn new(shape: &Shape<'_>) -> Self {
-        MessageStream {
-            sse: SseParser::new(),
-            state: StreamState {
-                writer: ChunkWriter::new(shape),
-                tools: Vec::new(),
-                usage: None,
-                stop_reason: None,
-                done: false,
-            },
-        }
+        Framed::sse(StreamState {
+            writer: ChunkWriter::new(shape),
+            tools: Vec::new(),
+            usage: None,
+            stop_reason: None,
+            done: false,
+        })
     }
 }
 
-impl Decoder for MessageStream {
-    fn feed(&mut self, input: &[u8], out: &mut BytesMut) -> Result<(), Failure> {
-        let state = &mut self.state;
-        self.sse.feed(input, &mut |event| state.event(event, out))
+impl Handler for StreamState {
+    fn event(&mut self, event: Event<'_>, out: &mut BytesMut) -> Result<(), Failure> {
+        self.translate(event, out)
     }
 
-    fn finish(&mut self, out: &mut BytesMut) -> Result<(), Failure> {
-        let state = &mut self.state;
-        self.sse.finish(&mut |event| state.event(event, out))?;
-        if state.done {
+    fn end(&mut self, _out: &mut BytesMut) -> Result<(), Failure> {
+        if self.done {
             Ok(())
         } else {
             Err(Failure::protocol(
@@ -689,12 +680,12 @@ impl Decoder for MessageStream {
     }
 
     fn usage(&self) -> Option<Usage> {
-        self.state.usage.map(WireUsage::openai)
+        self.usage.map(WireUsage::openai)
     }
 }
 
 impl StreamState {
-    fn event(&mut self, event: Event<'_>, out: &mut BytesMut) -> Result<(), Failure> {
+    fn translate(&mut self, event: Event<'_>, out: &mut BytesMut) -> Result<(), Failure> {
         if self.done || event.event == "ping" {
             return Ok(());
         }

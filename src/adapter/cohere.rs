@@ -31,10 +31,9 @@ use crate::chat::{
 use crate::config::{Path, Problem, raw};
 use crate::error::Error;
 use crate::openai::{Endpoint, Usage};
-use crate::stream::Decoder;
 use crate::stream::chunks::{ChunkWriter, Shape};
-use crate::stream::ndjson::NdjsonParser;
-use crate::stream::sse::{Event, SseParser};
+use crate::stream::sse::Event;
+use crate::stream::{Decoder, Framed, Handler};
 use crate::upstream::{Cause, Failure, truncate};
 
 /// The public API's root.
@@ -1304,12 +1303,9 @@ fn stray(data: &str) -> Failure {
 // === stream decoding: Chat v2 (SSE) ===
 
 /// Relays a Chat v2 event stream as OpenAI chunks.
-pub struct V2Stream {
-    sse: SseParser,
-    state: V2State,
-}
+pub type V2Stream = Framed<V2State>;
 
-struct V2State {
+pub struct V2State {
     writer: ChunkWriter,
     usage: Option<Usage>,
     /// The open content block is a thinking block (not relayed).
@@ -1320,31 +1316,25 @@ struct V2State {
     ended: bool,
 }
 
-impl V2Stream {
+impl Framed<V2State> {
     fn new(writer: ChunkWriter) -> Self {
-        V2Stream {
-            sse: SseParser::new(),
-            state: V2State {
-                writer,
-                usage: None,
-                thinking: false,
-                tool: None,
-                ended: false,
-            },
-        }
+        Framed::sse(V2State {
+            writer,
+            usage: None,
+            thinking: false,
+            tool: None,
+            ended: false,
+        })
     }
 }
 
-impl Decoder for V2Stream {
-    fn feed(&mut self, input: &[u8], out: &mut BytesMut) -> Result<(), Failure> {
-        let state = &mut self.state;
-        self.sse.feed(input, &mut |event| state.event(event, out))
+impl Handler for V2State {
+    fn event(&mut self, event: Event<'_>, out: &mut BytesMut) -> Result<(), Failure> {
+        self.translate(event, out)
     }
 
-    fn finish(&mut self, out: &mut BytesMut) -> Result<(), Failure> {
-        let state = &mut self.state;
-        self.sse.finish(&mut |event| state.event(event, out))?;
-        if state.ended {
+    fn end(&mut self, _out: &mut BytesMut) -> Result<(), Failure> {
+        if self.ended {
             Ok(())
         } else {
             Err(Failure::protocol("the stream ended before message-end"))
@@ -1352,12 +1342,12 @@ impl Decoder for V2Stream {
     }
 
     fn usage(&self) -> Option<Usage> {
-        self.state.usage
+        self.usage
     }
 }
 
 impl V2State {
-    fn event(&mut self, event: Event<'_>, out: &mut BytesMut) -> Result<(), Failure> {
+    fn translate(&mut self, event: Event<'_>, out: &mut BytesMut) -> Result<(), Failure> {
         if self.ended {
             return Ok(());
         }
@@ -1447,12 +1437,9 @@ fn parse_part<'a, T: Deserialize<'a> + Default>(
 // === stream decoding: Chat v1 (NDJSON) ===
 
 /// Relays a Chat v1 NDJSON stream as OpenAI chunks.
-pub struct V1Stream {
-    ndjson: NdjsonParser,
-    state: V1State,
-}
+pub type V1Stream = Framed<V1State>;
 
-struct V1State {
+pub struct V1State {
     writer: ChunkWriter,
     usage: Option<Usage>,
     generation: Option<String>,
@@ -1462,32 +1449,26 @@ struct V1State {
     ended: bool,
 }
 
-impl V1Stream {
+impl Framed<V1State> {
     fn new(writer: ChunkWriter) -> Self {
-        V1Stream {
-            ndjson: NdjsonParser::new(),
-            state: V1State {
-                writer,
-                usage: None,
-                generation: None,
-                tools: Vec::new(),
-                content_sent: false,
-                ended: false,
-            },
-        }
+        Framed::ndjson(V1State {
+            writer,
+            usage: None,
+            generation: None,
+            tools: Vec::new(),
+            content_sent: false,
+            ended: false,
+        })
     }
 }
 
-impl Decoder for V1Stream {
-    fn feed(&mut self, input: &[u8], out: &mut BytesMut) -> Result<(), Failure> {
-        let state = &mut self.state;
-        self.ndjson.feed(input, &mut |line| state.line(line, out))
+impl Handler for V1State {
+    fn event(&mut self, event: Event<'_>, out: &mut BytesMut) -> Result<(), Failure> {
+        self.line(event.data, out)
     }
 
-    fn finish(&mut self, out: &mut BytesMut) -> Result<(), Failure> {
-        let state = &mut self.state;
-        self.ndjson.finish(&mut |line| state.line(line, out))?;
-        if state.ended {
+    fn end(&mut self, _out: &mut BytesMut) -> Result<(), Failure> {
+        if self.ended {
             Ok(())
         } else {
             Err(Failure::protocol("the stream ended before stream-end"))
@@ -1495,7 +1476,7 @@ impl Decoder for V1Stream {
     }
 
     fn usage(&self) -> Option<Usage> {
-        self.state.usage
+        self.usage
     }
 }
 

@@ -30,9 +30,9 @@ use crate::chat::{
 use crate::config::{Path, Problem, raw, units};
 use crate::error::Error;
 use crate::openai::{Endpoint, Usage};
-use crate::stream::Decoder;
 use crate::stream::chunks::{ChunkWriter, Shape};
-use crate::stream::ndjson::NdjsonParser;
+use crate::stream::sse::Event;
+use crate::stream::{Decoder, Framed, Handler};
 use crate::upstream::{Cause, Failure};
 
 /// Where a local Ollama listens.
@@ -726,41 +726,32 @@ fn embeddings(body: &[u8], expected: Option<usize>) -> Result<Embeddings, Failur
 // === stream decoding ===
 
 /// An `/api/chat` NDJSON stream → OpenAI chunks.
-pub struct ChatStream {
-    lines: NdjsonParser,
-    state: StreamState,
-}
+pub type ChatStream = Framed<StreamState>;
 
-struct StreamState {
+pub struct StreamState {
     writer: ChunkWriter,
     usage: Option<Usage>,
     /// The `done: true` line arrived.
     done: bool,
 }
 
-impl ChatStream {
+impl Framed<StreamState> {
     pub fn new(shape: &Shape<'_>) -> Self {
-        ChatStream {
-            lines: NdjsonParser::new(),
-            state: StreamState {
-                writer: ChunkWriter::new(shape),
-                usage: None,
-                done: false,
-            },
-        }
+        Framed::ndjson(StreamState {
+            writer: ChunkWriter::new(shape),
+            usage: None,
+            done: false,
+        })
     }
 }
 
-impl Decoder for ChatStream {
-    fn feed(&mut self, input: &[u8], out: &mut BytesMut) -> Result<(), Failure> {
-        let state = &mut self.state;
-        self.lines.feed(input, &mut |line| state.line(line, out))
+impl Handler for StreamState {
+    fn event(&mut self, event: Event<'_>, out: &mut BytesMut) -> Result<(), Failure> {
+        self.line(event.data, out)
     }
 
-    fn finish(&mut self, out: &mut BytesMut) -> Result<(), Failure> {
-        let state = &mut self.state;
-        self.lines.finish(&mut |line| state.line(line, out))?;
-        if state.done {
+    fn end(&mut self, _out: &mut BytesMut) -> Result<(), Failure> {
+        if self.done {
             Ok(())
         } else {
             Err(Failure::protocol(
@@ -770,7 +761,7 @@ impl Decoder for ChatStream {
     }
 
     fn usage(&self) -> Option<Usage> {
-        self.state.usage
+        self.usage
     }
 }
 

@@ -3,6 +3,8 @@
 //! rewritten; responses and stream chunks pass through with only `model`
 //! rewritten to the name the client sent.
 
+use std::ops::Range;
+
 use bytes::{BufMut, Bytes, BytesMut};
 use http::{HeaderMap, HeaderValue, Uri, header};
 use serde::Deserialize;
@@ -12,10 +14,10 @@ use super::{Adapter, AuthStyle, Built, Converted, UpstreamRequest};
 use crate::call::Call;
 use crate::config::{Path, Problem, raw};
 use crate::error::Error;
-use std::ops::Range;
 
 use crate::openai::{Endpoint, SSE_DONE, Usage, json_string, span_of, splice};
-use crate::stream::{Decoder, sse::SseParser};
+use crate::stream::sse::Event;
+use crate::stream::{Decoder, Framed, Handler};
 use crate::upstream::{Cause, Failure};
 
 #[derive(Debug, Deserialize)]
@@ -246,12 +248,9 @@ pub fn rewrite_response(body: Bytes, model_json: &[u8]) -> Result<Converted, Fai
 }
 
 /// Relays an OpenAI event stream, rewriting `model` in each chunk.
-pub struct PassthroughStream {
-    sse: SseParser,
-    state: PassthroughState,
-}
+pub type PassthroughStream = Framed<PassthroughState>;
 
-struct PassthroughState {
+pub struct PassthroughState {
     model_json: Bytes,
     /// The usage chunk was asked for by the gateway, not the client: drop it.
     strip_usage: bool,
@@ -261,36 +260,30 @@ struct PassthroughState {
     done: bool,
 }
 
-impl PassthroughStream {
+impl Framed<PassthroughState> {
     pub fn new(model_json: Bytes) -> Self {
-        PassthroughStream {
-            sse: SseParser::new(),
-            state: PassthroughState {
-                model_json,
-                strip_usage: false,
-                usage: None,
-                finished: false,
-                done: false,
-            },
-        }
+        Framed::sse(PassthroughState {
+            model_json,
+            strip_usage: false,
+            usage: None,
+            finished: false,
+            done: false,
+        })
     }
 }
 
-impl Decoder for PassthroughStream {
-    fn feed(&mut self, input: &[u8], out: &mut BytesMut) -> Result<(), Failure> {
-        let state = &mut self.state;
-        self.sse.feed(input, &mut |event| state.event(event, out))
+impl Handler for PassthroughState {
+    fn event(&mut self, event: Event<'_>, out: &mut BytesMut) -> Result<(), Failure> {
+        self.relay(event, out)
     }
 
-    fn finish(&mut self, out: &mut BytesMut) -> Result<(), Failure> {
-        let state = &mut self.state;
-        self.sse.finish(&mut |event| state.event(event, out))?;
-        if state.done {
+    fn end(&mut self, out: &mut BytesMut) -> Result<(), Failure> {
+        if self.done {
             Ok(())
-        } else if state.finished {
+        } else if self.finished {
             // Some servers close without `[DONE]` after a finished choice.
             out.put_slice(SSE_DONE);
-            state.done = true;
+            self.done = true;
             Ok(())
         } else {
             Err(Failure::protocol("the stream ended before it was finished"))
@@ -298,16 +291,12 @@ impl Decoder for PassthroughStream {
     }
 
     fn usage(&self) -> Option<Usage> {
-        self.state.usage
+        self.usage
     }
 }
 
 impl PassthroughState {
-    fn event(
-        &mut self,
-        event: crate::stream::sse::Event<'_>,
-        out: &mut BytesMut,
-    ) -> Result<(), Failure> {
+    fn relay(&mut self, event: Event<'_>, out: &mut BytesMut) -> Result<(), Failure> {
         if self.done {
             return Ok(());
         }

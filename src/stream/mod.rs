@@ -42,6 +42,79 @@ pub trait Decoder: Send {
     fn usage(&self) -> Option<Usage>;
 }
 
+/// A dialect's stream, event by event: what most decoders are, on top of
+/// one of the shared framings (see [`Framed`]).
+pub trait Handler: Send {
+    /// One backend event; an NDJSON line comes as an event with no name.
+    fn event(&mut self, event: sse::Event<'_>, out: &mut BytesMut) -> Result<(), Failure>;
+
+    /// The backend closed the stream: finish it, or fail if it was cut short.
+    fn end(&mut self, out: &mut BytesMut) -> Result<(), Failure>;
+
+    fn usage(&self) -> Option<Usage>;
+}
+
+/// How a backend frames its stream.
+#[derive(Debug)]
+enum Framing {
+    Sse(sse::SseParser),
+    Ndjson(ndjson::NdjsonParser),
+}
+
+/// A [`Decoder`] made of a framing and a [`Handler`].
+pub struct Framed<H> {
+    framing: Framing,
+    pub state: H,
+}
+
+impl<H: Handler> Framed<H> {
+    /// Server-sent events.
+    pub fn sse(state: H) -> Self {
+        Framed {
+            framing: Framing::Sse(sse::SseParser::new()),
+            state,
+        }
+    }
+
+    /// Newline-delimited JSON.
+    pub fn ndjson(state: H) -> Self {
+        Framed {
+            framing: Framing::Ndjson(ndjson::NdjsonParser::new()),
+            state,
+        }
+    }
+}
+
+impl<H: Handler> Decoder for Framed<H> {
+    fn feed(&mut self, input: &[u8], out: &mut BytesMut) -> Result<(), Failure> {
+        let state = &mut self.state;
+        match &mut self.framing {
+            Framing::Sse(p) => p.feed(input, &mut |event| state.event(event, out)),
+            Framing::Ndjson(p) => p.feed(input, &mut |line| state.event(line_event(line), out)),
+        }
+    }
+
+    fn finish(&mut self, out: &mut BytesMut) -> Result<(), Failure> {
+        let state = &mut self.state;
+        match &mut self.framing {
+            Framing::Sse(p) => p.finish(&mut |event| state.event(event, out))?,
+            Framing::Ndjson(p) => p.finish(&mut |line| state.event(line_event(line), out))?,
+        }
+        state.end(out)
+    }
+
+    fn usage(&self) -> Option<Usage> {
+        self.state.usage()
+    }
+}
+
+fn line_event(line: &str) -> sse::Event<'_> {
+    sse::Event {
+        event: "",
+        data: line,
+    }
+}
+
 impl From<lines::FrameError> for Failure {
     fn from(e: lines::FrameError) -> Self {
         Failure::protocol(e.to_string())

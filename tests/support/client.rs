@@ -41,6 +41,21 @@ impl Reply {
         sse_data(&self.text())
     }
 
+    /// The JSON chunks of an SSE body, after checking it ends with `[DONE]`.
+    pub fn chunks(&self) -> Vec<serde_json::Value> {
+        chunks_of(&self.events())
+    }
+
+    /// Asserts the status, the OpenAI error shape, its type and code.
+    pub fn assert_error(&self, status: u16, kind: &str, code: Option<&str>) {
+        assert_eq!(self.status, status, "{}", self.text());
+        assert_eq!(self.header("content-type"), Some("application/json"));
+        assert!(self.header("x-request-id").is_some());
+        let (t, c) = self.error();
+        assert_eq!(t, kind, "{}", self.text());
+        assert_eq!(c.as_deref(), code, "{}", self.text());
+    }
+
     /// Asserts the OpenAI error shape and returns (type, code).
     pub fn error(&self) -> (String, Option<String>) {
         let v = self.json();
@@ -53,6 +68,19 @@ impl Reply {
             e["code"].as_str().map(str::to_owned),
         )
     }
+}
+
+/// The JSON chunks of SSE events, after checking the last is `[DONE]`.
+pub fn chunks_of(events: &[String]) -> Vec<serde_json::Value> {
+    assert_eq!(
+        events.last().map(String::as_str),
+        Some("[DONE]"),
+        "{events:?}"
+    );
+    events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap_or_else(|err| panic!("{err}: {e}")))
+        .collect()
 }
 
 /// `data:` payloads of SSE text.

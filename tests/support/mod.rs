@@ -249,3 +249,11 @@ pub fn digest(key: &str) -> String {
         .map(|b| format!("{b:02x}"))
         .collect()
 }
+
+/// An http:// base URL on a loopback port with nothing listening.
+pub fn dead_url() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    drop(listener);
+    format!("http://127.0.0.1:{port}/v1")
+}

@@ -41,7 +41,8 @@ use crate::config::{Path, Problem, raw};
 use crate::error::Error;
 use crate::openai::{Endpoint, Usage, json_string, span_of};
 use crate::stream::chunks::{ChunkWriter, Shape};
-use crate::stream::{Decoder, sse::SseParser};
+use crate::stream::sse::Event;
+use crate::stream::{Decoder, Framed, Handler};
 use crate::upstream::{Cause, Failure, truncate};
 
 /// The public Inference API host (Inference Providers' hf-inference route).
@@ -1229,10 +1230,7 @@ fn hf_failure(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> Failure {
 /// `/generate_stream` → OpenAI chunks. Special tokens are not text; text that
 /// may be the start of a stop string is held back until it is known not to
 /// be, so a matched stop string never reaches the client.
-struct GenerateStream {
-    sse: SseParser,
-    state: GenerateState,
-}
+type GenerateStream = Framed<GenerateState>;
 
 struct GenerateState {
     writer: ChunkWriter,
@@ -1242,31 +1240,24 @@ struct GenerateState {
     usage: Option<Usage>,
 }
 
-impl GenerateStream {
+impl Framed<GenerateState> {
     fn new(writer: ChunkWriter, hints: Hints) -> Self {
-        GenerateStream {
-            sse: SseParser::new(),
-            state: GenerateState {
-                writer,
-                hints,
-                held: String::new(),
-                usage: None,
-            },
-        }
+        Framed::sse(GenerateState {
+            writer,
+            hints,
+            held: String::new(),
+            usage: None,
+        })
     }
 }
 
-impl Decoder for GenerateStream {
-    fn feed(&mut self, input: &[u8], out: &mut BytesMut) -> Result<(), Failure> {
-        let state = &mut self.state;
-        self.sse
-            .feed(input, &mut |event| state.event(event.data, out))
+impl Handler for GenerateState {
+    fn event(&mut self, event: Event<'_>, out: &mut BytesMut) -> Result<(), Failure> {
+        self.token(event.data, out)
     }
 
-    fn finish(&mut self, out: &mut BytesMut) -> Result<(), Failure> {
-        let state = &mut self.state;
-        self.sse.finish(&mut |event| state.event(event.data, out))?;
-        if state.writer.is_finished() {
+    fn end(&mut self, _out: &mut BytesMut) -> Result<(), Failure> {
+        if self.writer.is_finished() {
             Ok(())
         } else {
             Err(Failure::protocol(
@@ -1276,12 +1267,12 @@ impl Decoder for GenerateStream {
     }
 
     fn usage(&self) -> Option<Usage> {
-        self.state.usage
+        self.usage
     }
 }
 
 impl GenerateState {
-    fn event(&mut self, data: &str, out: &mut BytesMut) -> Result<(), Failure> {
+    fn token(&mut self, data: &str, out: &mut BytesMut) -> Result<(), Failure> {
         if self.writer.is_finished() {
             return Ok(());
         }
@@ -1341,10 +1332,7 @@ impl GenerateState {
 
 /// Messages API stream → OpenAI chunks with our ids, one role delta,
 /// OpenAI finish reasons, and usage when the client asked.
-struct MessagesStream {
-    sse: SseParser,
-    state: MessagesState,
-}
+type MessagesStream = Framed<MessagesState>;
 
 struct MessagesState {
     writer: ChunkWriter,
@@ -1355,36 +1343,29 @@ struct MessagesState {
     usage: Option<Usage>,
 }
 
-impl MessagesStream {
+impl Framed<MessagesState> {
     fn new(writer: ChunkWriter, ids: String) -> Self {
-        MessagesStream {
-            sse: SseParser::new(),
-            state: MessagesState {
-                writer,
-                ids,
-                calls: Vec::new(),
-                finish: None,
-                usage: None,
-            },
-        }
+        Framed::sse(MessagesState {
+            writer,
+            ids,
+            calls: Vec::new(),
+            finish: None,
+            usage: None,
+        })
     }
 }
 
-impl Decoder for MessagesStream {
-    fn feed(&mut self, input: &[u8], out: &mut BytesMut) -> Result<(), Failure> {
-        let state = &mut self.state;
-        self.sse
-            .feed(input, &mut |event| state.event(event.data, out))
+impl Handler for MessagesState {
+    fn event(&mut self, event: Event<'_>, out: &mut BytesMut) -> Result<(), Failure> {
+        self.chunk(event.data, out)
     }
 
-    fn finish(&mut self, out: &mut BytesMut) -> Result<(), Failure> {
-        let state = &mut self.state;
-        self.sse.finish(&mut |event| state.event(event.data, out))?;
-        if state.writer.is_finished() {
+    fn end(&mut self, out: &mut BytesMut) -> Result<(), Failure> {
+        if self.writer.is_finished() {
             Ok(())
-        } else if state.finish.is_some() {
+        } else if self.finish.is_some() {
             // Finished, but closed before `[DONE]`.
-            state.end(out);
+            self.end_stream(out);
             Ok(())
         } else {
             Err(Failure::protocol("the stream ended before it was finished"))
@@ -1392,17 +1373,17 @@ impl Decoder for MessagesStream {
     }
 
     fn usage(&self) -> Option<Usage> {
-        self.state.usage
+        self.usage
     }
 }
 
 impl MessagesState {
-    fn event(&mut self, data: &str, out: &mut BytesMut) -> Result<(), Failure> {
+    fn chunk(&mut self, data: &str, out: &mut BytesMut) -> Result<(), Failure> {
         if self.writer.is_finished() {
             return Ok(());
         }
         if data.starts_with("[DONE]") {
-            self.end(out);
+            self.end_stream(out);
             return Ok(());
         }
         let chunk: ChatChunk<'_> = serde_json::from_str(data)
@@ -1459,7 +1440,7 @@ impl MessagesState {
         Ok(())
     }
 
-    fn end(&mut self, out: &mut BytesMut) {
+    fn end_stream(&mut self, out: &mut BytesMut) {
         let reason = if self.writer.tool_call_count() > 0 {
             FinishReason::ToolCalls
         } else {
