@@ -11,6 +11,13 @@
 //!
 //!     load stream --addr 127.0.0.1:18080 --model bench-stream --concurrency 64 --duration 5 [--warmup 1] [--stagger-us 300]
 //!
+//! `load rate`: whole (non-streamed) requests at a fixed rate, open loop,
+//! spread over `--connections` keep-alive connections (tokio's timer wakes
+//! them to the millisecond, so requests leave in small bursts). Comparing proxies' CPU at one request rate is fairer than at their own
+//! maximum rates, where the cost of waking the other core differs.
+//!
+//!     load rate --addr 127.0.0.1:18080 --model bench --rate 5000 --duration 5
+//!
 //! `load hold`: opens `--streams` connections, starts a slow stream on each,
 //! prints `{"ready": N}` once every stream has its first chunk, keeps them
 //! open for `--hold` seconds (reading what arrives), then closes them all and
@@ -42,8 +49,9 @@ fn main() {
     let summary = match mode.as_str() {
         "stream" => local.block_on(&runtime, stream_mode(&args)),
         "hold" => local.block_on(&runtime, hold_mode(&args)),
+        "rate" => local.block_on(&runtime, rate_mode(&args)),
         _ => {
-            eprintln!("usage: load stream|hold --addr HOST:PORT --model M [...]");
+            eprintln!("usage: load stream|hold|rate --addr HOST:PORT --model M [...]");
             std::process::exit(2);
         }
     };
@@ -56,11 +64,20 @@ struct Target {
 }
 
 fn target(args: &Args) -> Target {
+    target_for(args, true)
+}
+
+fn target_for(args: &Args, stream: bool) -> Target {
     let addr = args.string("addr", "127.0.0.1:18080");
     let path = args.string("path", "/v1/chat/completions");
     let model = args.string("model", "mock-c50-i20");
     let body = format!(
-        r#"{{"model":"{model}","messages":[{{"role":"system","content":"You are a helpful assistant."}},{{"role":"user","content":"Write a haiku about load balancers."}}],"max_tokens":64,"temperature":0.7,"stream":true,"stream_options":{{"include_usage":true}}}}"#
+        r#"{{"model":"{model}","messages":[{{"role":"system","content":"You are a helpful assistant."}},{{"role":"user","content":"Write a haiku about load balancers."}}],"max_tokens":64,"temperature":0.7{}}}"#,
+        if stream {
+            r#","stream":true,"stream_options":{"include_usage":true}"#
+        } else {
+            ""
+        }
     );
     let request = format!(
         "POST {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\naccept: text/event-stream\r\ncontent-length: {}\r\n\r\n{body}",
@@ -418,6 +435,97 @@ fn percentiles(name: &str, values: &mut [u64], fields: &mut Vec<(String, String)
 fn json(fields: &[(String, String)]) -> String {
     let inner: Vec<String> = fields.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
     format!("{{{}}}", inner.join(","))
+}
+
+async fn rate_mode(args: &Args) -> String {
+    let target = Rc::new(target_for(args, false));
+    let rate: f64 = args.num("rate", 5000.0);
+    let connections: usize = args.num("connections", 16);
+    let duration = Duration::from_secs_f64(args.num("duration", 5.0));
+    let warmup = Duration::from_secs_f64(args.num("warmup", 1.0));
+    let t0 = now_ns() + 10_000_000;
+    let record_from = t0 + warmup.as_nanos() as u64;
+    let stop_at = record_from + duration.as_nanos() as u64;
+    let every = (1e9 * connections as f64 / rate) as u64;
+    let totals = Rc::new(RefCell::new(Totals::default()));
+    let mut tasks = Vec::new();
+    for k in 0..connections {
+        let target = target.clone();
+        let totals = totals.clone();
+        tasks.push(tokio::task::spawn_local(async move {
+            let mut reader = Reader::new();
+            let mut conn: Option<TcpStream> = None;
+            let mut due = t0 + (1e9 * k as f64 / rate) as u64;
+            while due < stop_at {
+                let now = now_ns();
+                if due > now {
+                    tokio::time::sleep(Duration::from_nanos(due - now)).await;
+                }
+                if conn.is_none() {
+                    match TcpStream::connect(&target.addr).await {
+                        Ok(c) => {
+                            let _ = c.set_nodelay(true);
+                            reader.raw.clear();
+                            conn = Some(c);
+                        }
+                        Err(e) => {
+                            let mut t = totals.borrow_mut();
+                            t.errors += 1;
+                            t.first_error.get_or_insert(format!("connect: {e}"));
+                            due += every;
+                            continue;
+                        }
+                    }
+                }
+                let c = conn.as_mut().expect("connected");
+                let mut stats = StreamStats::default();
+                let sent = now_ns();
+                let result = reader
+                    .exchange(c, &target.request, sent, &mut stats, || {})
+                    .await;
+                let ended = now_ns();
+                let mut t = totals.borrow_mut();
+                match result {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        conn = None;
+                        t.errors += 1;
+                        t.first_error
+                            .get_or_insert("a response that was not 200".into());
+                    }
+                    Err(e) => {
+                        conn = None;
+                        t.errors += 1;
+                        t.first_error.get_or_insert(e);
+                    }
+                }
+                if due >= record_from {
+                    t.streams += 1;
+                    t.durations.push(ended - sent);
+                }
+                due += every;
+            }
+        }));
+    }
+    for task in tasks {
+        let _ = task.await;
+    }
+    let mut guard = totals.borrow_mut();
+    let t = &mut *guard;
+    let seconds = duration.as_secs_f64();
+    let mut fields = vec![
+        ("requests".to_owned(), t.streams.to_string()),
+        ("errors".to_owned(), t.errors.to_string()),
+        (
+            "rate".to_owned(),
+            format!("{:.1}", t.streams as f64 / seconds),
+        ),
+    ];
+    percentiles("latency", &mut t.durations, &mut fields);
+    if let Some(e) = &t.first_error {
+        fields.push(("first_error".into(), format!("{e:?}")));
+    }
+    json(&fields)
 }
 
 async fn hold_mode(args: &Args) -> String {
