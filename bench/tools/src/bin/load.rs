@@ -97,6 +97,8 @@ struct StreamStats {
     jitter: Vec<u64>,
     /// Content chunks that arrived in the same read as the previous one.
     coalesced: u32,
+    /// Content chunks that arrived later than `late_after` after being written.
+    late: u32,
     chunks: u32,
     done: bool,
 }
@@ -128,6 +130,7 @@ impl Reader {
         request: &[u8],
         sent: u64,
         stats: &mut StreamStats,
+        late_after: u64,
         mut on_first: impl FnMut(),
     ) -> Result<bool, String> {
         conn.write_all(request).await.map_err(|e| e.to_string())?;
@@ -185,6 +188,9 @@ impl Reader {
                 } else if let Some(stamp) = read_stamp(event, STAMP_MARKER) {
                     let delay = now.saturating_sub(stamp);
                     stats.delays.push(delay);
+                    if delay > late_after {
+                        stats.late += 1;
+                    }
                     if let Some(last) = last_delay {
                         stats.jitter.push(delay.abs_diff(last));
                     }
@@ -295,6 +301,7 @@ struct Totals {
     delays: Vec<u64>,
     jitter: Vec<u64>,
     coalesced: u64,
+    late: u64,
     chunks: u64,
     durations: Vec<u64>,
     first_error: Option<String>,
@@ -308,6 +315,9 @@ async fn stream_mode(args: &Args) -> String {
     // Connection i starts i × stagger later, so that chunks of different
     // streams do not all fall due in the same instant.
     let stagger = Duration::from_micros(args.num("stagger-us", 0));
+    // A chunk that arrives more than this after the mock wrote it was held
+    // back (by default: one 20 ms interval, i.e. until the next chunk).
+    let late_after: u64 = args.num::<u64>("late-after-us", 20_000) * 1000;
     let started = now_ns();
     let record_from = started + warmup.as_nanos() as u64;
     let stop_at = record_from + duration.as_nanos() as u64;
@@ -342,7 +352,7 @@ async fn stream_mode(args: &Args) -> String {
                 let sent = now_ns();
                 let mut stats = StreamStats::default();
                 let result = reader
-                    .exchange(c, &target.request, sent, &mut stats, || {})
+                    .exchange(c, &target.request, sent, &mut stats, late_after, || {})
                     .await;
                 let ended = now_ns();
                 let mut t = totals.borrow_mut();
@@ -374,6 +384,7 @@ async fn stream_mode(args: &Args) -> String {
                 t.delays.extend_from_slice(&stats.delays);
                 t.jitter.extend_from_slice(&stats.jitter);
                 t.coalesced += u64::from(stats.coalesced);
+                t.late += u64::from(stats.late);
                 t.chunks += u64::from(stats.chunks);
                 t.durations.push(ended - sent);
             }
@@ -392,6 +403,7 @@ async fn stream_mode(args: &Args) -> String {
         ("elapsed_s".to_owned(), format!("{elapsed:.3}")),
         ("chunks".to_owned(), t.chunks.to_string()),
         ("coalesced_chunks".to_owned(), t.coalesced.to_string()),
+        ("late_chunks".to_owned(), t.late.to_string()),
     ];
     for (name, values) in [
         ("ttft", &mut t.ttft),
@@ -481,7 +493,7 @@ async fn rate_mode(args: &Args) -> String {
                 let mut stats = StreamStats::default();
                 let sent = now_ns();
                 let result = reader
-                    .exchange(c, &target.request, sent, &mut stats, || {})
+                    .exchange(c, &target.request, sent, &mut stats, u64::MAX, || {})
                     .await;
                 let ended = now_ns();
                 let mut t = totals.borrow_mut();
@@ -560,10 +572,17 @@ async fn hold_mode(args: &Args) -> String {
             let mut reader = Reader::new();
             let mut stats = StreamStats::default();
             let result = reader
-                .exchange(&mut conn, &target.request, now_ns(), &mut stats, || {
-                    *ready.borrow_mut() += 1;
-                    permit.take();
-                })
+                .exchange(
+                    &mut conn,
+                    &target.request,
+                    now_ns(),
+                    &mut stats,
+                    u64::MAX,
+                    || {
+                        *ready.borrow_mut() += 1;
+                        permit.take();
+                    },
+                )
                 .await;
             if let Err(e) = result {
                 let mut f = failed.borrow_mut();
