@@ -29,6 +29,7 @@ pub async fn serve(path: PathBuf) -> Result<(), String> {
     })?;
     let settings = snapshot.settings.clone();
     crate::telemetry::init(&settings.log_level, settings.log_format);
+    raise_open_file_limit();
 
     let public = TcpListener::bind(settings.listen)
         .await
@@ -92,6 +93,31 @@ pub async fn serve(path: PathBuf) -> Result<(), String> {
     tokio::join!(public, admin);
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Every stream holds two sockets: lift the soft open-file limit to the hard
+/// one, so that a default of 1,024 does not cap the gateway at ~500 streams.
+fn raise_open_file_limit() {
+    #[cfg(unix)]
+    {
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit and setrlimit only read and write the struct passed.
+        unsafe {
+            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0
+                || limit.rlim_cur >= limit.rlim_max
+            {
+                return;
+            }
+            let from = limit.rlim_cur;
+            limit.rlim_cur = limit.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                tracing::debug!(from, to = limit.rlim_max, "raised the open-file limit");
+            }
+        }
+    }
 }
 
 async fn wait_for_shutdown_signal() {
