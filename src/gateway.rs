@@ -401,8 +401,13 @@ fn request_id(headers: &HeaderMap) -> HeaderValue {
             return v.clone();
         }
     }
-    let id = format!("{:032x}", fastrand::u128(..));
-    HeaderValue::try_from(id).unwrap_or(HeaderValue::from_static("0"))
+    let mut id = [0u8; 32];
+    let mut n = fastrand::u128(..);
+    for digit in id.iter_mut().rev() {
+        *digit = b"0123456789abcdef"[(n & 15) as usize];
+        n >>= 4;
+    }
+    HeaderValue::from_bytes(&id).unwrap_or(HeaderValue::from_static("0"))
 }
 
 /// What the access log line and the request metrics need.

@@ -92,6 +92,35 @@ struct MessagePeek<'a> {
     role: std::borrow::Cow<'a, str>,
 }
 
+/// How many messages an array holds, each checked to be an object with a
+/// string `role`, without collecting them.
+struct MessageCount(usize);
+
+impl<'de> Deserialize<'de> for MessageCount {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Counter;
+        impl<'de> serde::de::Visitor<'de> for Counter {
+            type Value = MessageCount;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an array of messages")
+            }
+
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<MessageCount, A::Error> {
+                let mut n = 0;
+                while seq.next_element::<MessagePeek<'de>>()?.is_some() {
+                    n += 1;
+                }
+                Ok(MessageCount(n))
+            }
+        }
+        d.deserialize_seq(Counter)
+    }
+}
+
 #[derive(Deserialize)]
 struct StreamOptions {
     #[serde(default)]
@@ -162,13 +191,13 @@ impl RequestView {
                 let raw = wire.messages.ok_or_else(|| {
                     Error::invalid_param("messages", "you must provide a `messages` array")
                 })?;
-                let peek: Vec<MessagePeek<'_>> = serde_json::from_str(raw.get()).map_err(|_| {
+                let count: MessageCount = serde_json::from_str(raw.get()).map_err(|_| {
                     Error::invalid_param(
                         "messages",
                         "`messages` must be an array of message objects, each with a string `role`",
                     )
                 })?;
-                if peek.is_empty() {
+                if count.0 == 0 {
                     return Err(Error::invalid_param(
                         "messages",
                         "`messages` must contain at least one message",
@@ -224,6 +253,107 @@ impl RequestView {
 pub fn span_of(buffer: &[u8], raw: &RawValue) -> Range<usize> {
     let start = raw.get().as_ptr() as usize - buffer.as_ptr() as usize;
     start..start + raw.get().len()
+}
+
+/// Where the values of `names` sit among the top-level keys of a JSON object,
+/// found by a structural scan that neither builds nor validates values: the
+/// fast way through a backend's answers, which are relayed, not checked.
+/// `None` when the text is not shaped like one JSON object (or repeats a
+/// key): the caller then falls back to a real parse.
+pub fn top_level_spans<const N: usize>(
+    text: &[u8],
+    names: [&[u8]; N],
+) -> Option<[Option<Range<usize>>; N]> {
+    let mut found: [Option<Range<usize>>; N] = std::array::from_fn(|_| None);
+    let mut i = skip_ws(text, 0);
+    if text.get(i) != Some(&b'{') {
+        return None;
+    }
+    i = skip_ws(text, i + 1);
+    if text.get(i) == Some(&b'}') {
+        return (skip_ws(text, i + 1) == text.len()).then_some(found);
+    }
+    loop {
+        if text.get(i) != Some(&b'"') {
+            return None;
+        }
+        let key_end = skip_string(text, i)?;
+        let key = &text[i + 1..key_end - 1];
+        i = skip_ws(text, key_end);
+        if text.get(i) != Some(&b':') {
+            return None;
+        }
+        let start = skip_ws(text, i + 1);
+        let end = skip_value(text, start)?;
+        if let Some(slot) = names.iter().position(|n| *n == key) {
+            if found[slot].is_some() {
+                return None;
+            }
+            found[slot] = Some(start..end);
+        }
+        i = skip_ws(text, end);
+        match text.get(i) {
+            Some(b',') => i = skip_ws(text, i + 1),
+            Some(b'}') => return (skip_ws(text, i + 1) == text.len()).then_some(found),
+            _ => return None,
+        }
+    }
+}
+
+fn skip_ws(text: &[u8], mut i: usize) -> usize {
+    while let Some(b' ' | b'\t' | b'\n' | b'\r') = text.get(i) {
+        i += 1;
+    }
+    i
+}
+
+/// `text[at]` is `"`: the index just past the closing quote.
+fn skip_string(text: &[u8], at: usize) -> Option<usize> {
+    let mut i = at + 1;
+    loop {
+        i += memchr::memchr2(b'"', b'\\', text.get(i..)?)?;
+        if text[i] == b'\\' {
+            i += 2;
+        } else {
+            return Some(i + 1);
+        }
+    }
+}
+
+/// The index just past the value that starts at `at`.
+fn skip_value(text: &[u8], at: usize) -> Option<usize> {
+    match *text.get(at)? {
+        b'"' => skip_string(text, at),
+        b'{' | b'[' => {
+            let mut depth = 0usize;
+            let mut i = at;
+            while i < text.len() {
+                match text[i] {
+                    b'"' => {
+                        i = skip_string(text, i)?;
+                        continue;
+                    }
+                    b'{' | b'[' => depth += 1,
+                    b'}' | b']' => {
+                        depth = depth.checked_sub(1)?;
+                        if depth == 0 {
+                            return Some(i + 1);
+                        }
+                    }
+                    _ => {}
+                }
+                i += 1;
+            }
+            None
+        }
+        _ => {
+            let end = text[at..]
+                .iter()
+                .position(|b| matches!(b, b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r'))
+                .map_or(text.len(), |n| at + n);
+            (end > at).then_some(end)
+        }
+    }
 }
 
 /// `body` with `span` replaced by `replacement`, in one allocation.
@@ -379,6 +509,33 @@ mod tests {
         assert!(parse(Endpoint::Embeddings, r#"{"model":"m","input":""}"#).is_err());
         assert!(parse(Endpoint::Completions, r#"{"model":"m","prompt":5}"#).is_err());
         assert!(RequestView::parse(Endpoint::Chat, b"{\"model\":\"\xff\"}").is_err());
+    }
+
+    #[test]
+    fn top_level_values_are_found_without_a_parse() {
+        let text = br#" {"id":"x","choices":[{"delta":{"content":"a \"model\": }"}}],"model" : "m\"1","usage":null} "#;
+        let [model, usage, missing] =
+            top_level_spans(text, [b"model", b"usage", b"error"]).unwrap();
+        assert_eq!(&text[model.unwrap()], br#""m\"1""#);
+        assert_eq!(&text[usage.unwrap()], b"null");
+        assert!(missing.is_none());
+        assert_eq!(top_level_spans(b"{}", [b"model"]), Some([None]));
+        let bad: [&[u8]; 7] = [
+            b"[1]",
+            b"{\"a\":1",
+            b"{\"a\" 1}",
+            b"<html>",
+            b"{\"a\":{}",
+            b"{\"model\":1,\"model\":2}",
+            b"{\"a\":\"x",
+        ];
+        for text in bad {
+            assert!(
+                top_level_spans(text, [b"model"]).is_none(),
+                "{}",
+                String::from_utf8_lossy(text)
+            );
+        }
     }
 
     #[test]

@@ -15,7 +15,7 @@ use crate::call::Call;
 use crate::config::{Path, Problem, raw};
 use crate::error::Error;
 
-use crate::openai::{Endpoint, SSE_DONE, Usage, json_string, span_of, splice};
+use crate::openai::{Endpoint, SSE_DONE, Usage, json_string, span_of, splice, top_level_spans};
 use crate::stream::sse::Event;
 use crate::stream::{Decoder, Framed, Handler};
 use crate::upstream::{Cause, Failure};
@@ -227,21 +227,27 @@ struct Peek<'a> {
     choices: Option<&'a RawValue>,
 }
 
-fn parse_usage(raw: Option<&RawValue>) -> Option<Usage> {
-    raw.and_then(|r| {
-        serde_json::from_str::<Option<Usage>>(r.get())
-            .ok()
-            .flatten()
-    })
+fn parse_usage(json: &[u8]) -> Option<Usage> {
+    serde_json::from_slice::<Option<Usage>>(json).ok().flatten()
 }
 
 /// Rewrites `model` in a whole response and reads its usage.
 pub fn rewrite_response(body: Bytes, model_json: &[u8]) -> Result<Converted, Failure> {
-    let peek: Peek<'_> = serde_json::from_slice(&body)
-        .map_err(|e| Failure::protocol(format!("the response is not a JSON object: {e}")))?;
-    let usage = parse_usage(peek.usage);
-    let body = match peek.model {
-        Some(raw) => splice(&body, span_of(&body, raw), model_json),
+    let (model, usage) = match top_level_spans(&body, [b"model", b"usage"]) {
+        Some([model, usage]) => (model, usage),
+        None => {
+            let peek: Peek<'_> = serde_json::from_slice(&body).map_err(|e| {
+                Failure::protocol(format!("the response is not a JSON object: {e}"))
+            })?;
+            (
+                peek.model.map(|raw| span_of(&body, raw)),
+                peek.usage.map(|raw| span_of(&body, raw)),
+            )
+        }
+    };
+    let usage = usage.and_then(|span| parse_usage(&body[span]));
+    let body = match model {
+        Some(span) => splice(&body, span, model_json),
         None => body,
     };
     Ok(Converted::Json { body, usage })
@@ -309,25 +315,38 @@ impl PassthroughState {
         if event.event == "error" {
             return Err(in_band_error(data.as_bytes()));
         }
-        let peek: Peek<'_> = serde_json::from_str(data)
-            .map_err(|e| Failure::protocol(format!("an event is not JSON: {e}")))?;
-        if peek.error.is_some_and(|e| e.get() != "null") {
-            return Err(in_band_error(data.as_bytes()));
+        let bytes = data.as_bytes();
+        let [model, usage, error, choices] =
+            match top_level_spans(bytes, [b"model", b"usage", b"error", b"choices"]) {
+                Some(spans) => spans,
+                None => {
+                    let peek: Peek<'_> = serde_json::from_str(data)
+                        .map_err(|e| Failure::protocol(format!("an event is not JSON: {e}")))?;
+                    let span = |raw: Option<&RawValue>| raw.map(|r| span_of(bytes, r));
+                    [
+                        span(peek.model),
+                        span(peek.usage),
+                        span(peek.error),
+                        span(peek.choices),
+                    ]
+                }
+            };
+        if error.is_some_and(|e| &bytes[e] != b"null") {
+            return Err(in_band_error(bytes));
         }
-        if let Some(usage) = parse_usage(peek.usage) {
+        if let Some(usage) = usage.and_then(|span| parse_usage(&bytes[span])) {
             self.usage = Some(usage);
-            if self.strip_usage && peek.choices.is_some_and(|c| c.get().trim() == "[]") {
+            if self.strip_usage && choices.as_ref().is_some_and(|c| &bytes[c.clone()] == b"[]") {
                 return Ok(());
             }
         }
-        if peek.choices.is_some_and(|c| has_finish_reason(c.get())) {
+        if choices.is_some_and(|c| has_finish_reason(&data[c])) {
             self.finished = true;
         }
         out.reserve(data.len() + self.model_json.len() + 8);
         out.put_slice(b"data: ");
-        match peek.model {
-            Some(raw) => {
-                let span = span_of(data.as_bytes(), raw);
+        match model {
+            Some(span) => {
                 put_one_line(out, &data.as_bytes()[..span.start]);
                 out.put_slice(&self.model_json);
                 put_one_line(out, &data.as_bytes()[span.end..]);

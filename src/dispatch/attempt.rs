@@ -166,12 +166,22 @@ pub async fn attempt(
 /// A whole answer as the client wants it: JSON, or a synthesized stream when
 /// the client asked for one from a backend that answered whole.
 fn render(call: &Call, converted: Converted) -> Response<Body> {
-    let shape = Shape::of(call);
     let (body, usage, stream) = match converted {
+        // The passthrough's JSON is ready: nothing to render.
         Converted::Json { body, usage } => (body, usage, false),
-        Converted::Chat(c) if call.view.stream => (synthesize(&shape, &c), Some(c.usage), true),
-        Converted::Chat(c) => (render_completion(&shape, &c), Some(c.usage), false),
-        Converted::Embeddings(e) => (render_embeddings(&shape, &e), Some(e.usage), false),
+        Converted::Chat(c) if call.view.stream => {
+            (synthesize(&Shape::of(call), &c), Some(c.usage), true)
+        }
+        Converted::Chat(c) => (
+            render_completion(&Shape::of(call), &c),
+            Some(c.usage),
+            false,
+        ),
+        Converted::Embeddings(e) => (
+            render_embeddings(&Shape::of(call), &e),
+            Some(e.usage),
+            false,
+        ),
     };
     let mut response = Response::new(Body::full(body));
     if stream {

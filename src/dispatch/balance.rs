@@ -41,6 +41,14 @@ pub enum Choice {
 
 /// Chooses a target of `targets`, preferring those not in `tried`.
 pub fn choose(targets: &[Target], tried: &[usize], now: Instant) -> Choice {
+    // The common case, one healthy target: nothing to weigh.
+    if let [only] = targets
+        && tried.is_empty()
+        && only.weight > 0
+        && only.state.availability(now) == Availability::Healthy
+    {
+        return Choice::Target(0, None);
+    }
     let mut rotation: Vec<(usize, Availability)> = targets
         .iter()
         .enumerate()
