@@ -141,6 +141,24 @@ async fn a_bad_file_is_rejected_and_nothing_fails_meanwhile() {
 }
 
 #[tokio::test]
+async fn an_empty_file_is_never_installed() {
+    // What a watcher sees between an editor's truncate and its write.
+    let mock = Mock::openai().await;
+    let gw = Gateway::start(&config(&mock, "kept"));
+    let seen = gw.logs().len();
+    std::fs::write(&gw.config, "\n").unwrap();
+    gw.wait_for_log("the file is empty", seen).await;
+    assert_eq!(gw.metric(REJECTED).await, 1.0);
+    assert_eq!(status(&gw, "kept").await, 200);
+
+    // The write that follows is a change, and is installed.
+    let seen = gw.logs().len();
+    gw.rewrite_config(&config(&mock, "next"));
+    gw.wait_for_log("config reloaded", seen).await;
+    assert_eq!(status(&gw, "next").await, 200);
+}
+
+#[tokio::test]
 async fn in_flight_requests_finish_on_their_snapshot() {
     let release = Arc::new(Notify::new());
     let gate = release.clone();

@@ -108,6 +108,17 @@ fn reload(state: &State, path: &FsPath, forced: bool, last: &mut Option<[u8; 32]
         return;
     }
     *last = Some(digest);
+    // An empty file is a write caught half-way (truncated, not yet written)
+    // far more often than a wish to drop every route: never install one.
+    if text.trim().is_empty() {
+        state
+            .metrics()
+            .config_reloads
+            .with_label_values(&["rejected"])
+            .inc();
+        tracing::error!(path = %path.display(), "config reload rejected: the file is empty; keeping the running config");
+        return;
+    }
     let env = |k: &str| std::env::var(k).ok();
     match super::load::load_str(&text, &env, &state.registry.shared) {
         Ok(next) => {
