@@ -89,8 +89,7 @@ where
     let started = Instant::now();
     let request_id = request_id(request.headers());
     let snapshot = state.registry.load();
-    // Boxed: the record rides in the response body, which hyper moves often.
-    let mut record = Box::new(Record::new(request_id.clone(), started));
+    let mut record = Record::new(request_id.clone(), started);
     let span = tracing::info_span!(
         "request",
         request_id = request_id.to_str().unwrap_or(""),
@@ -540,12 +539,12 @@ impl Record {
 /// when the client goes away first.
 pub struct Observed {
     body: Body,
-    record: Option<Box<Record>>,
+    record: Option<Record>,
     state: Arc<State>,
 }
 
 impl Observed {
-    fn new(body: Body, record: Box<Record>, state: Arc<State>) -> Self {
+    fn new(body: Body, record: Record, state: Arc<State>) -> Self {
         Observed {
             body,
             record: Some(record),
