@@ -87,6 +87,52 @@ async fn there_is_no_double_burst_across_a_minute_boundary() {
 }
 
 #[tokio::test]
+async fn arrival_order_not_clock_order_decides_the_last_unit() {
+    for_each_store(|name, store| async move {
+        // Nine arrive with a clock of t0; the tenth read its clock a
+        // millisecond earlier (before a wait, or on a replica whose clock is
+        // behind) but arrives last. It is the tenth of ten, and passes.
+        let t0 = 1_800_000_000_000;
+        for _ in 0..9 {
+            assert!(
+                admitted(&store, t0, &[rate("late:rpm", 10, 1)]).await,
+                "{name}"
+            );
+        }
+        assert!(
+            admitted(&store, t0 - 1, &[rate("late:rpm", 10, 1)]).await,
+            "{name}"
+        );
+        assert!(
+            !admitted(&store, t0 - 1, &[rate("late:rpm", 10, 1)]).await,
+            "{name}: the eleventh does not"
+        );
+        // Settlement keeps the later clock too: a refund of one unit frees one.
+        store
+            .settle(
+                t0 - 5,
+                &[Charge::Adjust {
+                    key: "late:rpm".into(),
+                    limit: 10,
+                    period_ms: 60_000,
+                    delta: -1,
+                }],
+            )
+            .await
+            .unwrap();
+        assert!(
+            admitted(&store, t0, &[rate("late:rpm", 10, 1)]).await,
+            "{name}"
+        );
+        assert!(
+            !admitted(&store, t0, &[rate("late:rpm", 10, 1)]).await,
+            "{name}"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn a_denied_admission_charges_nothing() {
     for_each_store(|name, store| async move {
         let rules = [rate("a:rpm", 100, 1), rate("b:rpm", 1, 1)];

@@ -6,6 +6,21 @@
 --   kind 3, budget:       a = limit, b = period end (ms), c = unused
 -- Returns {allowed (1|0), first denied rule (1-based, 0 = none),
 --          then per rule: remaining, reset ms, retry-after ms}.
+-- A rate key holds "tat/seen": GCRA's theoretical arrival time and the latest
+-- clock that wrote it. A check whose clock reads earlier (a replica that read
+-- it before waiting, or whose clock is behind) counts as arriving at `seen`,
+-- so arrival order, not clock order, decides who gets the last unit.
+local function read_rate(key, now)
+  local v = redis.call('GET', key)
+  if not v then return now, now end
+  local slash = string.find(v, '/', 1, true)
+  if not slash then
+    local tat = tonumber(v)
+    return math.max(tat, now), now
+  end
+  local seen = math.max(tonumber(string.sub(v, slash + 1)), now)
+  return math.max(tonumber(string.sub(v, 1, slash - 1)), seen), seen
+end
 local now = tonumber(ARGV[1])
 local out = {1, 0}
 local writes = {}
@@ -17,8 +32,7 @@ for i, key in ipairs(KEYS) do
   local denied = false
   if kind == 1 then
     local interval = b / a
-    local tat = tonumber(redis.call('GET', key) or now)
-    if tat < now then tat = now end
+    local tat, now = read_rate(key, now)
     local new_tat = tat + c * interval
     if new_tat - now > b then
       denied = true
@@ -27,7 +41,7 @@ for i, key in ipairs(KEYS) do
       remaining = math.floor((b - (tat - now)) / interval)
       reset = tat - now
     else
-      table.insert(writes, {1, key, new_tat, math.ceil(new_tat - now) + 1000})
+      table.insert(writes, {1, key, new_tat, math.ceil(new_tat - now) + 1000, now})
       remaining = math.floor((b - (new_tat - now)) / interval)
       reset = new_tat - now
     end
@@ -62,7 +76,7 @@ end
 if out[1] == 1 then
   for _, w in ipairs(writes) do
     if w[1] == 1 then
-      redis.call('SET', w[2], string.format('%.3f', w[3]), 'PX', w[4])
+      redis.call('SET', w[2], string.format('%.3f/%d', w[3], w[5]), 'PX', w[4])
     else
       redis.call('ZADD', w[2], w[3], w[4])
       if redis.call('PTTL', w[2]) < w[5] then

@@ -19,8 +19,10 @@ struct Slots {
 
 #[derive(Debug)]
 enum Slot {
-    /// GCRA's theoretical arrival time (ms).
-    Tat(f64),
+    /// GCRA's theoretical arrival time, and the latest clock that wrote it
+    /// (ms): a check whose clock reads earlier (read before a wait, or on
+    /// another replica) counts as arriving at that latest time.
+    Tat(f64, u64),
     /// Lease id → end (ms).
     Leases(HashMap<u64, u64>),
     /// Spent, until the period ends (ms).
@@ -30,7 +32,7 @@ enum Slot {
 impl Slot {
     fn expired(&self, now: u64) -> bool {
         match self {
-            Slot::Tat(tat) => *tat <= now as f64,
+            Slot::Tat(tat, _) => *tat <= now as f64,
             Slot::Leases(l) => l.values().all(|&until| until <= now),
             Slot::Spent(_, ends) => *ends <= now,
         }
@@ -44,10 +46,9 @@ impl MemoryStore {
             slots.map.retain(|_, s| !s.expired(now));
             slots.swept = now;
         }
-        let nowf = now as f64;
         let mut denied = None;
         let mut states = Vec::with_capacity(rules.len());
-        let mut writes: Vec<(usize, f64)> = Vec::new();
+        let mut writes: Vec<(usize, f64, u64)> = Vec::new();
         for (i, rule) in rules.iter().enumerate() {
             let mut state = RuleState::default();
             let mut deny = false;
@@ -59,10 +60,12 @@ impl MemoryStore {
                 } => {
                     let (limit, period) = (*limit as f64, *period_ms as f64);
                     let interval = period / limit;
-                    let tat = match slots.map.get(&rule.key) {
-                        Some(Slot::Tat(t)) => t.max(nowf),
-                        _ => nowf,
+                    let (tat, seen) = match slots.map.get(&rule.key) {
+                        Some(Slot::Tat(t, seen)) => (*t, now.max(*seen)),
+                        _ => (0.0, now),
                     };
+                    let nowf = seen as f64;
+                    let tat = tat.max(nowf);
                     let new_tat = tat + *cost as f64 * interval;
                     if new_tat - nowf > period {
                         deny = true;
@@ -71,7 +74,7 @@ impl MemoryStore {
                         state.remaining = ((period - (tat - nowf)) / interval).floor() as u64;
                         state.reset_ms = (tat - nowf) as u64;
                     } else {
-                        writes.push((i, new_tat));
+                        writes.push((i, new_tat, seen));
                         state.remaining = ((period - (new_tat - nowf)) / interval).floor() as u64;
                         state.reset_ms = (new_tat - nowf) as u64;
                     }
@@ -88,7 +91,7 @@ impl MemoryStore {
                         deny = true;
                         state.retry_after_ms = Some(1000);
                     } else {
-                        writes.push((i, 0.0));
+                        writes.push((i, 0.0, now));
                         state.remaining = limit - count - 1;
                     }
                 }
@@ -112,11 +115,11 @@ impl MemoryStore {
             states.push(state);
         }
         if denied.is_none() {
-            for (i, value) in writes {
+            for (i, value, seen) in writes {
                 let rule = &rules[i];
                 match &rule.kind {
                     RuleKind::Rate { .. } => {
-                        slots.map.insert(rule.key.clone(), Slot::Tat(value));
+                        slots.map.insert(rule.key.clone(), Slot::Tat(value, seen));
                     }
                     RuleKind::Concurrency {
                         lease, until_ms, ..
@@ -138,7 +141,6 @@ impl MemoryStore {
 
     pub fn settle(&self, now: u64, charges: &[Charge]) {
         let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
-        let nowf = now as f64;
         for charge in charges {
             match charge {
                 Charge::Adjust {
@@ -148,17 +150,18 @@ impl MemoryStore {
                     delta,
                 } => {
                     let interval = *period_ms as f64 / *limit as f64;
-                    let tat = match slots.map.get(key) {
-                        Some(Slot::Tat(t)) => Some(*t),
-                        _ => None,
+                    let (tat, seen) = match slots.map.get(key) {
+                        Some(Slot::Tat(t, seen)) => (Some(*t), now.max(*seen)),
+                        _ => (None, now),
                     };
+                    let nowf = seen as f64;
                     let next = match tat {
                         Some(t) => t + *delta as f64 * interval,
                         None if *delta > 0 => nowf + *delta as f64 * interval,
                         None => continue,
                     };
                     if next > nowf {
-                        slots.map.insert(key.clone(), Slot::Tat(next));
+                        slots.map.insert(key.clone(), Slot::Tat(next, seen));
                     } else {
                         slots.map.remove(key);
                     }
