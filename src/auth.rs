@@ -118,7 +118,7 @@ fn presented_key(headers: &HeaderMap) -> Option<&[u8]> {
         }
     }
     headers
-        .get("x-api-key")
+        .get(crate::headers::X_API_KEY)
         .map(|v| v.as_bytes().trim_ascii())
         .filter(|v| !v.is_empty())
 }

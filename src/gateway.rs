@@ -36,6 +36,7 @@ use crate::call::Call;
 use crate::discovery::Discovery;
 use crate::dispatch::{self, Served};
 use crate::error::{Error, Kind};
+use crate::headers::{X_REQUEST_ID, X_SWITCHYARD_ATTEMPTS};
 use crate::limits::Ticket;
 use crate::limits::layer::Admitted;
 use crate::metrics::Metrics;
@@ -109,7 +110,7 @@ where
             error.into_response()
         }
     };
-    response.headers_mut().insert("x-request-id", request_id);
+    response.headers_mut().insert(X_REQUEST_ID, request_id);
     record.status = response.status();
     if let Some(admitted) = response.extensions_mut().remove::<Admitted>() {
         record.ticket = admitted.take();
@@ -246,7 +247,7 @@ where
     if record.attempts > 1
         && let Ok(v) = HeaderValue::try_from(record.attempts.to_string())
     {
-        response.headers_mut().insert("x-switchyard-attempts", v);
+        response.headers_mut().insert(X_SWITCHYARD_ATTEMPTS, v);
     }
     Ok(response)
 }
@@ -395,7 +396,7 @@ const BODY_LOG_LIMIT: usize = 16 * 1024;
 
 /// The client's `x-request-id` when it is sane, else a fresh one.
 fn request_id(headers: &HeaderMap) -> HeaderValue {
-    if let Some(v) = headers.get("x-request-id") {
+    if let Some(v) = headers.get(X_REQUEST_ID) {
         let b = v.as_bytes();
         if !b.is_empty() && b.len() <= 128 && b.iter().all(u8::is_ascii_graphic) {
             return v.clone();

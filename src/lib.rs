@@ -19,6 +19,7 @@ pub mod discovery;
 pub mod dispatch;
 pub mod error;
 pub mod gateway;
+pub mod headers;
 pub mod limits;
 pub mod metrics;
 pub mod openai;

@@ -14,6 +14,8 @@ use crate::upstream::{PoolKey, Timeouts, Transport};
 pub struct Provider {
     /// The name in the config; the `provider` metric label.
     pub id: Arc<str>,
+    /// `id` as the value of `x-switchyard-provider`.
+    pub id_header: Option<HeaderValue>,
     pub kind: String,
     pub adapter: Box<dyn Adapter>,
     pub transport: Transport,

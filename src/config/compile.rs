@@ -552,6 +552,7 @@ fn provider(
         }
     };
     Some(Provider {
+        id_header: HeaderValue::try_from(&*id).ok(),
         id,
         kind: raw.kind.clone(),
         adapter: built.adapter,

@@ -17,6 +17,7 @@ use crate::adapter::{Converted, UpstreamRequest};
 use crate::body::Body;
 use crate::call::Call;
 use crate::error::{Error, Kind};
+use crate::headers::{X_ACCEL_BUFFERING, X_REQUEST_ID, X_SWITCHYARD_MODEL, X_SWITCHYARD_PROVIDER};
 use crate::metrics::{Inflight, Metrics};
 use crate::openai::Usage;
 use crate::provider::Provider;
@@ -58,7 +59,7 @@ impl From<Failure> for AttemptError {
 pub async fn attempt(
     call: &Call,
     target: &Target,
-    model: &str,
+    model: &Arc<str>,
     permit: Option<OwnedSemaphorePermit>,
     metrics: &Metrics,
 ) -> Result<Response<Body>, AttemptError> {
@@ -149,15 +150,15 @@ pub async fn attempt(
         .remove::<Option<Usage>>()
         .flatten();
     let headers = response.headers_mut();
-    if let Ok(v) = HeaderValue::try_from(provider.id.as_ref()) {
-        headers.insert("x-switchyard-provider", v);
+    if let Some(v) = &provider.id_header {
+        headers.insert(X_SWITCHYARD_PROVIDER, v.clone());
     }
-    if let Ok(v) = HeaderValue::try_from(model) {
-        headers.insert("x-switchyard-model", v);
+    if let Ok(v) = HeaderValue::try_from(&**model) {
+        headers.insert(X_SWITCHYARD_MODEL, v);
     }
     response.extensions_mut().insert(Served {
         provider: provider.id.clone(),
-        model: Arc::from(model),
+        model: model.clone(),
         usage,
     });
     Ok(response)
@@ -214,7 +215,7 @@ fn http_request(
     if let Some((name, value)) = &provider.credential {
         headers.insert(name, value.clone());
     }
-    headers.insert("x-request-id", call.request_id.clone());
+    headers.insert(X_REQUEST_ID, call.request_id.clone());
     headers.insert(header::USER_AGENT, USER_AGENT);
     request
 }
@@ -226,7 +227,7 @@ pub fn sse_headers(headers: &mut http::HeaderMap) {
         HeaderValue::from_static("text/event-stream"),
     );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    headers.insert(X_ACCEL_BUFFERING, HeaderValue::from_static("no"));
 }
 
 /// Reads a whole backend body, at most `limit` bytes, before `deadline`.

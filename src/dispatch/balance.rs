@@ -157,9 +157,14 @@ async fn try_target(attempt: Attempt, metrics: &Metrics) -> Result<Response<Body
     let target = &attempt.alias.targets[index];
     let provider = &target.provider;
     let call = &attempt.call;
-    let model = target.model.as_deref().unwrap_or(&attempt.default_model);
+    let model = target.model.as_ref().unwrap_or(&attempt.default_model);
     let number = call.attempts.fetch_add(1, Ordering::Relaxed) + 1;
-    let span = tracing::info_span!("attempt", provider = &*provider.id, model, attempt = number);
+    let span = tracing::info_span!(
+        "attempt",
+        provider = &*provider.id,
+        model = &**model,
+        attempt = number
+    );
     let failed = |failure| DispatchError::Failed {
         failure,
         provider: provider.clone(),

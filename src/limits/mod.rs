@@ -607,22 +607,16 @@ fn denial(call: &Call, meta: &RuleMeta, state: RuleState, estimate: u64, now: u6
 
 /// The OpenAI header family for a key's request and token limits.
 fn rate_headers(headers: &mut Vec<(HeaderName, HeaderValue)>, meta: &RuleMeta, state: &RuleState) {
-    let kind = match meta.what {
-        "rpm" => "requests",
-        "tpm" => "tokens",
+    let [limit, remaining, reset] = match meta.what {
+        "rpm" => crate::headers::RATELIMIT_REQUESTS,
+        "tpm" => crate::headers::RATELIMIT_TOKENS,
         _ => return,
     };
-    let mut add = |what: &str, value: String| {
-        if let (Ok(n), Ok(v)) = (
-            HeaderName::try_from(format!("x-ratelimit-{what}-{kind}")),
-            HeaderValue::try_from(value),
-        ) {
-            headers.push((n, v));
-        }
-    };
-    add("limit", meta.limit.to_string());
-    add("remaining", state.remaining.to_string());
-    add("reset", go_duration(state.reset_ms));
+    headers.push((limit, HeaderValue::from(meta.limit)));
+    headers.push((remaining, HeaderValue::from(state.remaining)));
+    if let Ok(v) = HeaderValue::try_from(go_duration(state.reset_ms)) {
+        headers.push((reset, v));
+    }
 }
 
 /// A duration as OpenAI writes resets: `12ms`, `1.5s`, `6m0s`, `1h2m3s`.
