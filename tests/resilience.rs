@@ -160,35 +160,46 @@ async fn a_short_retry_after_is_waited_for() {
 
 #[tokio::test]
 async fn a_long_retry_after_cools_the_target_down() {
-    let limited = Mock::start(|_| {
-        Plan::json(429, json!({"error": {"message": "quota"}})).header("retry-after", "120")
-    })
-    .await;
-    let good = Mock::openai().await;
-    let config = format!(
-        "{OPEN}routing: {{retry: {{backoff: {{base: 1ms, max: 2s}}}}}}\n{}models: {{m: {{targets: [{{provider: limited, model: x, weight: 1000}}, {{provider: good, model: y, weight: 1}}]}}}}\n",
-        providers(&[("limited", limited.url("/v1")), ("good", good.url("/v1"))])
-    );
-    let gw = Gateway::start(&config);
-    assert_eq!(post(&gw, "m", false).await.status, 200);
-    assert_eq!(limited.hits(), 1);
-    for _ in 0..5 {
+    // A quota (429) or maintenance (503) answer that asks for longer than
+    // `backoff.max`: the target leaves rotation for that long.
+    for status in [429, 503] {
+        let limited = Mock::start(move |_| {
+            Plan::json(status, json!({"error": {"message": "quota"}})).header("retry-after", "120")
+        })
+        .await;
+        let good = Mock::openai().await;
+        let config = format!(
+            "{OPEN}routing: {{retry: {{backoff: {{base: 1ms, max: 2s}}}}}}\n{}models: {{m: {{targets: [{{provider: limited, model: x, weight: 1000}}, {{provider: good, model: y, weight: 1}}]}}}}\n",
+            providers(&[("limited", limited.url("/v1")), ("good", good.url("/v1"))])
+        );
+        let gw = Gateway::start(&config);
+        assert_eq!(post(&gw, "m", false).await.status, 200, "{status}");
+        assert_eq!(limited.hits(), 1, "{status}");
+        for _ in 0..5 {
+            assert_eq!(
+                post(&gw, "m", false).await.header("x-switchyard-provider"),
+                Some("good"),
+                "{status}"
+            );
+        }
         assert_eq!(
-            post(&gw, "m", false).await.header("x-switchyard-provider"),
-            Some("good")
+            limited.hits(),
+            1,
+            "{status}: the target stays out of rotation"
+        );
+        assert_eq!(
+            gw.metric("switchyard_target_healthy{model=\"x\",provider=\"limited\"}")
+                .await,
+            0.0,
+            "{status}"
+        );
+        assert_eq!(
+            gw.metric("switchyard_target_healthy{model=\"y\",provider=\"good\"}")
+                .await,
+            1.0,
+            "{status}"
         );
     }
-    assert_eq!(limited.hits(), 1, "the target stays out of rotation");
-    assert_eq!(
-        gw.metric("switchyard_target_healthy{model=\"x\",provider=\"limited\"}")
-            .await,
-        0.0
-    );
-    assert_eq!(
-        gw.metric("switchyard_target_healthy{model=\"y\",provider=\"good\"}")
-            .await,
-        1.0
-    );
 }
 
 #[tokio::test]

@@ -229,9 +229,10 @@ async fn try_target(attempt: Attempt, metrics: &Metrics) -> Result<Response<Body
                 Cause::Status(s) if matches!(s.as_u16(), 401 | 403) => {
                     state.cool_down(routing.cooldown_for, "rejected the gateway's credentials")
                 }
-                Cause::Status(s)
-                    if matches!(s.as_u16(), 429 | 529)
-                        && failure.retry_after.is_some_and(|a| a > routing.backoff_max) =>
+                // Any status that asks for longer than we would wait (a 429
+                // quota, a 503 in maintenance): out of rotation for that long.
+                Cause::Status(_)
+                    if failure.retry_after.is_some_and(|a| a > routing.backoff_max) =>
                 {
                     state.cool_down(
                         failure.retry_after.unwrap_or_default(),

@@ -76,8 +76,11 @@ impl Routing {
     /// Full-jitter exponential backoff before try number `tries + 1`; a
     /// backend's `retry-after` is honoured when it is within `backoff.max`.
     pub fn backoff(&self, tries: u32, retry_after: Option<Duration>) -> Duration {
-        if let Some(after) = retry_after.filter(|a| *a <= self.backoff_max) {
-            return after;
+        match retry_after {
+            Some(after) if after <= self.backoff_max => return after,
+            // The target is cooling down for that long: go elsewhere at once.
+            Some(_) => return Duration::ZERO,
+            None => {}
         }
         let exp = self
             .backoff_base
