@@ -8,9 +8,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::{Method, Request};
-use http_body_util::{BodyExt, Full, Limited};
 use tokio::task::JoinHandle;
 
 use crate::provider::Provider;
@@ -86,17 +83,9 @@ pub async fn fetch(provider: &Provider) -> Result<Vec<Arc<str>>, Failure> {
     let Some(uri) = provider.adapter.models_uri() else {
         return Ok(Vec::new());
     };
-    let mut request = Request::new(Full::new(Bytes::new()));
-    *request.method_mut() = Method::GET;
-    *request.uri_mut() = uri;
-    if let Some((name, value)) = &provider.credential {
-        request.headers_mut().insert(name, value.clone());
-    }
-    for (name, value) in &provider.headers {
-        request.headers_mut().insert(name, value.clone());
-    }
     let timeout = provider.timeouts.first_byte.min(Duration::from_secs(10));
-    let response = tokio::time::timeout(timeout, provider.transport.send(request))
+    let deadline = tokio::time::Instant::now() + timeout;
+    let response = tokio::time::timeout_at(deadline, provider.transport.send(provider.get(uri)))
         .await
         .map_err(|_| {
             Failure::new(
@@ -104,24 +93,10 @@ pub async fn fetch(provider: &Provider) -> Result<Vec<Arc<str>>, Failure> {
                 "no answer in time",
             )
         })??;
-    let status = response.status();
-    let body = tokio::time::timeout(
-        timeout,
-        Limited::new(response.into_body(), 4 << 20).collect(),
-    )
-    .await
-    .map_err(|_| {
-        Failure::new(
-            crate::upstream::Cause::FirstByteTimeout,
-            "no answer in time",
-        )
-    })?
-    .map_err(|e| Failure::protocol(e.to_string()))?
-    .to_bytes();
-    if !status.is_success() {
-        return Err(provider
-            .adapter
-            .failure(status, &http::HeaderMap::new(), &body));
+    let (head, body) = response.into_parts();
+    let body = crate::dispatch::attempt::read_body(body, 4 << 20, deadline).await?;
+    if !head.status.is_success() {
+        return Err(provider.adapter.failure(head.status, &head.headers, &body));
     }
     let names = provider.adapter.parse_models(&body)?;
     Ok(names.into_iter().map(Arc::from).collect())

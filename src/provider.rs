@@ -2,7 +2,9 @@
 
 use std::sync::Arc;
 
-use http::{HeaderMap, HeaderName, HeaderValue};
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Uri, header};
+use http_body_util::Full;
 
 use crate::adapter::Adapter;
 use crate::dispatch::health::HealthCheck;
@@ -33,4 +35,31 @@ pub struct Provider {
     pub health_check: Option<HealthCheck>,
     /// How often to list the backend's models, when `discover` is on.
     pub discover: Option<std::time::Duration>,
+}
+
+const USER_AGENT: HeaderValue =
+    HeaderValue::from_static(concat!("switchyard/", env!("CARGO_PKG_VERSION")));
+
+impl Provider {
+    /// What the gateway adds to every request to this provider: the
+    /// configured headers, the credential (which wins over them) and the
+    /// user agent.
+    pub fn stamp(&self, headers: &mut HeaderMap) {
+        for (name, value) in &self.headers {
+            headers.insert(name, value.clone());
+        }
+        if let Some((name, value)) = &self.credential {
+            headers.insert(name, value.clone());
+        }
+        headers.insert(header::USER_AGENT, USER_AGENT);
+    }
+
+    /// A GET of `uri` as this provider expects it (health checks, model lists).
+    pub fn get(&self, uri: Uri) -> Request<Full<Bytes>> {
+        let mut request = Request::new(Full::new(Bytes::new()));
+        *request.method_mut() = Method::GET;
+        *request.uri_mut() = uri;
+        self.stamp(request.headers_mut());
+        request
+    }
 }

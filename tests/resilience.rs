@@ -515,7 +515,7 @@ async fn active_health_checks_take_targets_out_and_back() {
     })
     .await;
     let config = format!(
-        "{OPEN}providers:\n  a: {{type: openai, base_url: \"{}\", health_check: {{path: /health, interval: 50ms}}}}\nmodels: {{m: {{targets: [{{provider: a, model: x}}]}}}}\n",
+        "{OPEN}providers:\n  a: {{type: openai, base_url: \"{}\", health_check: {{path: /health, interval: 50ms}}, headers: {{x-tenant: blue}}}}\nmodels: {{m: {{targets: [{{provider: a, model: x}}]}}}}\n",
         mock.url("/v1")
     );
     let gw = Gateway::start(&config);
@@ -538,4 +538,10 @@ async fn active_health_checks_take_targets_out_and_back() {
             .iter()
             .all(|r| r.method == "GET" && r.path == "/health")
     );
+    // A check is a request like any other: the provider's headers go along.
+    assert!(mock.requests().iter().all(|r| {
+        r.header("x-tenant") == Some("blue")
+            && r.header("user-agent")
+                .is_some_and(|ua| ua.starts_with("switchyard/"))
+    }));
 }

@@ -26,9 +26,6 @@ use crate::stream::Relay;
 use crate::stream::chunks::{Shape, render_completion, render_embeddings, synthesize};
 use crate::upstream::{Cause, Failure, UpstreamBody, error_chain};
 
-const USER_AGENT: HeaderValue =
-    HeaderValue::from_static(concat!("switchyard/", env!("CARGO_PKG_VERSION")));
-
 /// Which target answered; put in the response's extensions.
 #[derive(Debug, Clone)]
 pub struct Served {
@@ -209,14 +206,8 @@ fn http_request(
     *request.uri_mut() = upstream.uri;
     let headers = request.headers_mut();
     *headers = upstream.headers;
-    for (name, value) in &provider.headers {
-        headers.insert(name, value.clone());
-    }
-    if let Some((name, value)) = &provider.credential {
-        headers.insert(name, value.clone());
-    }
+    provider.stamp(headers);
     headers.insert(X_REQUEST_ID, call.request_id.clone());
-    headers.insert(header::USER_AGENT, USER_AGENT);
     request
 }
 
@@ -231,7 +222,11 @@ pub fn sse_headers(headers: &mut http::HeaderMap) {
 }
 
 /// Reads a whole backend body, at most `limit` bytes, before `deadline`.
-async fn read_body(body: UpstreamBody, limit: usize, deadline: Instant) -> Result<Bytes, Failure> {
+pub(crate) async fn read_body(
+    body: UpstreamBody,
+    limit: usize,
+    deadline: Instant,
+) -> Result<Bytes, Failure> {
     match tokio::time::timeout_at(deadline, Limited::new(body, limit).collect()).await {
         Ok(Ok(collected)) => Ok(collected.to_bytes()),
         Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(Failure::protocol(

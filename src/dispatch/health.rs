@@ -11,9 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::{Method, Request, Uri};
-use http_body_util::Full;
+use http::Uri;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -286,12 +284,7 @@ async fn run_check(
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
-        let mut request = Request::new(Full::new(Bytes::new()));
-        *request.method_mut() = Method::GET;
-        *request.uri_mut() = check.url.clone();
-        if let Some((name, value)) = &provider.credential {
-            request.headers_mut().insert(name, value.clone());
-        }
+        let request = provider.get(check.url.clone());
         let outcome = tokio::time::timeout(check.timeout, provider.transport.send(request)).await;
         let passed = matches!(&outcome, Ok(Ok(r)) if r.status().is_success());
         if passed {
