@@ -244,10 +244,13 @@ struct ResponseFunction<'a> {
 }
 
 #[derive(Debug, Deserialize)]
-struct EmbedResponse {
-    embeddings: Vec<Vec<f32>>,
+struct EmbedResponse<'a> {
+    #[serde(default)]
+    embeddings: Option<Vec<Vec<f32>>>,
     #[serde(default)]
     prompt_eval_count: Option<u64>,
+    #[serde(borrow, default)]
+    error: Option<&'a RawValue>,
 }
 
 // === impl Adapter ===
@@ -700,25 +703,27 @@ fn completion(body: &[u8], text: bool) -> Result<Completion, Failure> {
 
 /// A whole `/api/embed` response; `expected` is the number of inputs sent.
 fn embeddings(body: &[u8], expected: Option<usize>) -> Result<Embeddings, Failure> {
-    if let Ok(ChatResponse { error: Some(e), .. }) = serde_json::from_slice(body)
-        && e.get() != "null"
-    {
+    let not_embed = |e: &dyn std::fmt::Display| {
+        Failure::protocol(format!("the response is not an Ollama embed response: {e}"))
+    };
+    let response: EmbedResponse<'_> = serde_json::from_slice(body).map_err(|e| not_embed(&e))?;
+    if response.error.is_some_and(|e| e.get() != "null") {
         return Err(in_band(body));
     }
-    let response: EmbedResponse = serde_json::from_slice(body).map_err(|e| {
-        Failure::protocol(format!("the response is not an Ollama embed response: {e}"))
-    })?;
+    let vectors = response
+        .embeddings
+        .ok_or_else(|| not_embed(&"missing field `embeddings`"))?;
     if let Some(n) = expected
-        && n != response.embeddings.len()
+        && n != vectors.len()
     {
         return Err(Failure::protocol(format!(
             "{n} inputs were sent but {} embeddings came back",
-            response.embeddings.len()
+            vectors.len()
         )));
     }
     let prompt = response.prompt_eval_count.unwrap_or(0);
     Ok(Embeddings {
-        vectors: response.embeddings,
+        vectors,
         usage: Usage::new(prompt, 0),
     })
 }

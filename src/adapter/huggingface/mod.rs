@@ -558,16 +558,6 @@ enum Features {
     Tokens(Vec<Vec<Vec<f32>>>),
 }
 
-/// Fields of a legacy completion body that chat requests do not have
-/// (`echo` is read where the answer is converted).
-#[derive(Debug, Default, Deserialize)]
-struct CompletionExtras<'a> {
-    #[serde(borrow, default)]
-    suffix: Option<Cow<'a, str>>,
-    #[serde(default)]
-    best_of: Option<u64>,
-}
-
 /// OpenAI fields without a TGI equivalent, read only to say they are dropped.
 #[derive(Debug, Default, Deserialize)]
 struct Dropped<'a> {
@@ -656,24 +646,8 @@ impl HuggingFace {
         }
 
         let (inputs, template_stops) = match endpoint {
-            Endpoint::Completions => {
-                let extras: CompletionExtras<'_> = serde_json::from_slice(body).unwrap_or_default();
-                if extras.suffix.as_deref().is_some_and(|s| !s.is_empty()) {
-                    return Err(unsupported(
-                        "suffix",
-                        provider,
-                        "text generation continues the prompt; it cannot insert before a suffix",
-                    ));
-                }
-                if extras.best_of.is_some_and(|n| n > 1) {
-                    return Err(unsupported(
-                        "best_of",
-                        provider,
-                        "only best_of = 1 is supported",
-                    ));
-                }
-                (prompt_text(&req), Vec::new())
-            }
+            // `suffix` and `best_of` were refused with the rest above.
+            Endpoint::Completions => (prompt_text(&req), Vec::new()),
             _ => {
                 let template = self
                     .template
@@ -1290,8 +1264,8 @@ impl GenerateState {
         {
             self.held.push_str(&token.text);
             let safe = self.safe_len();
-            let send: String = self.held.drain(..safe).collect();
-            self.writer.content(out, &send);
+            self.writer.content(out, &self.held[..safe]);
+            self.held.drain(..safe);
         }
         if event.generated_text.is_some() || event.details.is_some() {
             let reason = event
