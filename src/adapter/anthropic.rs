@@ -648,8 +648,6 @@ pub struct StreamState {
     tools: Vec<(u64, bool)>,
     usage: Option<WireUsage>,
     stop_reason: Option<FinishReason>,
-    /// `message_stop` arrived.
-    done: bool,
 }
 
 impl Framed<StreamState> {
@@ -659,7 +657,6 @@ impl Framed<StreamState> {
             tools: Vec::new(),
             usage: None,
             stop_reason: None,
-            done: false,
         })
     }
 }
@@ -670,7 +667,7 @@ impl Handler for StreamState {
     }
 
     fn end(&mut self, _out: &mut BytesMut) -> Result<(), Failure> {
-        if self.done {
+        if self.writer.is_finished() {
             Ok(())
         } else {
             Err(Failure::protocol(
@@ -686,7 +683,7 @@ impl Handler for StreamState {
 
 impl StreamState {
     fn translate(&mut self, event: Event<'_>, out: &mut BytesMut) -> Result<(), Failure> {
-        if self.done || event.event == "ping" {
+        if self.writer.is_finished() || event.event == "ping" {
             return Ok(());
         }
         if event.event == "error" {
@@ -756,7 +753,6 @@ impl StreamState {
                 }
             }
             "message_stop" => {
-                self.done = true;
                 let reason = self.stop_reason.unwrap_or(FinishReason::Stop);
                 self.writer
                     .finish(out, reason, self.usage.map(WireUsage::openai));

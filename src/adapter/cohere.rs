@@ -1312,8 +1312,6 @@ pub struct V2State {
     thinking: bool,
     /// The OpenAI index of the open tool call.
     tool: Option<u32>,
-    /// `message-end` arrived.
-    ended: bool,
 }
 
 impl Framed<V2State> {
@@ -1323,7 +1321,6 @@ impl Framed<V2State> {
             usage: None,
             thinking: false,
             tool: None,
-            ended: false,
         })
     }
 }
@@ -1334,7 +1331,7 @@ impl Handler for V2State {
     }
 
     fn end(&mut self, _out: &mut BytesMut) -> Result<(), Failure> {
-        if self.ended {
+        if self.writer.is_finished() {
             Ok(())
         } else {
             Err(Failure::protocol("the stream ended before message-end"))
@@ -1348,7 +1345,7 @@ impl Handler for V2State {
 
 impl V2State {
     fn translate(&mut self, event: Event<'_>, out: &mut BytesMut) -> Result<(), Failure> {
-        if self.ended {
+        if self.writer.is_finished() {
             return Ok(());
         }
         let data = event.data.trim();
@@ -1413,7 +1410,6 @@ impl V2State {
                 let reason = finish_reason(delta.finish_reason.as_deref(), delta.error.as_deref())?;
                 let reason = with_tools(reason, self.writer.tool_call_count());
                 self.writer.finish(out, reason, self.usage);
-                self.ended = true;
             }
             // citation-start, citation-end, debug, and types yet to come.
             _ => {}
@@ -1446,7 +1442,6 @@ pub struct V1State {
     /// Cohere's tool-call index → the OpenAI index.
     tools: Vec<(Option<u64>, u32)>,
     content_sent: bool,
-    ended: bool,
 }
 
 impl Framed<V1State> {
@@ -1457,7 +1452,6 @@ impl Framed<V1State> {
             generation: None,
             tools: Vec::new(),
             content_sent: false,
-            ended: false,
         })
     }
 }
@@ -1468,7 +1462,7 @@ impl Handler for V1State {
     }
 
     fn end(&mut self, _out: &mut BytesMut) -> Result<(), Failure> {
-        if self.ended {
+        if self.writer.is_finished() {
             Ok(())
         } else {
             Err(Failure::protocol("the stream ended before stream-end"))
@@ -1482,7 +1476,7 @@ impl Handler for V1State {
 
 impl V1State {
     fn line(&mut self, line: &str, out: &mut BytesMut) -> Result<(), Failure> {
-        if self.ended {
+        if self.writer.is_finished() {
             return Ok(());
         }
         let e: V1Event<'_> =
@@ -1542,7 +1536,6 @@ impl V1State {
                 }
                 let reason = with_tools(reason, self.writer.tool_call_count());
                 self.writer.finish(out, reason, self.usage);
-                self.ended = true;
             }
             // search-queries-generation, search-results, citation-generation, debug.
             _ => {}

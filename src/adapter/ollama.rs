@@ -736,8 +736,6 @@ pub type ChatStream = Framed<StreamState>;
 pub struct StreamState {
     writer: ChunkWriter,
     usage: Option<Usage>,
-    /// The `done: true` line arrived.
-    done: bool,
 }
 
 impl Framed<StreamState> {
@@ -745,7 +743,6 @@ impl Framed<StreamState> {
         Framed::ndjson(StreamState {
             writer: ChunkWriter::new(shape),
             usage: None,
-            done: false,
         })
     }
 }
@@ -756,7 +753,7 @@ impl Handler for StreamState {
     }
 
     fn end(&mut self, _out: &mut BytesMut) -> Result<(), Failure> {
-        if self.done {
+        if self.writer.is_finished() {
             Ok(())
         } else {
             Err(Failure::protocol(
@@ -772,7 +769,7 @@ impl Handler for StreamState {
 
 impl StreamState {
     fn line(&mut self, line: &str, out: &mut BytesMut) -> Result<(), Failure> {
-        if self.done {
+        if self.writer.is_finished() {
             return Ok(());
         }
         let response: ChatResponse<'_> = serde_json::from_str(line).map_err(|e| {
@@ -803,7 +800,6 @@ impl StreamState {
             );
             self.writer.finish(out, reason, Some(usage));
             self.usage = Some(usage);
-            self.done = true;
         }
         Ok(())
     }
