@@ -30,7 +30,7 @@ use crate::error::Error;
 use crate::openai::{Endpoint, Usage};
 use crate::stream::chunks::{ChunkWriter, Shape};
 use crate::stream::{Decoder, Framed, Handler, sse::Event};
-use crate::upstream::{Cause, Failure};
+use crate::upstream::Failure;
 
 const DEFAULT_BASE: &str = "https://api.anthropic.com";
 const DEFAULT_VERSION: &str = "2023-06-01";
@@ -602,7 +602,7 @@ fn completion(body: &[u8]) -> Result<Completion, Failure> {
     let response: MessageResponse<'_> = serde_json::from_slice(body)
         .map_err(|e| Failure::protocol(format!("the response is not a Messages object: {e}")))?;
     if response.kind.as_deref() == Some("error") {
-        return Err(in_band_error(body));
+        return Err(super::in_band_failure(body));
     }
     let mut content: Option<String> = None;
     let mut tool_calls = Vec::new();
@@ -626,14 +626,6 @@ fn completion(body: &[u8]) -> Result<Completion, Failure> {
         finish_reason: finish_reason(response.stop_reason.as_deref()),
         usage: response.usage.openai(),
     })
-}
-
-/// An `error` event (or an error body where a message was expected).
-fn in_band_error(data: &[u8]) -> Failure {
-    let (message, code) = super::error_message(data);
-    let mut failure = Failure::new(Cause::InBand, message);
-    failure.code = code;
-    failure
 }
 
 // === stream decoding ===
@@ -687,7 +679,7 @@ impl StreamState {
             return Ok(());
         }
         if event.event == "error" {
-            return Err(in_band_error(event.data.as_bytes()));
+            return Err(super::in_band_failure(event.data.as_bytes()));
         }
         let data: StreamEvent<'_> = serde_json::from_str(event.data)
             .map_err(|e| Failure::protocol(format!("an event is not a Messages event: {e}")))?;
@@ -757,7 +749,7 @@ impl StreamState {
                 self.writer
                     .finish(out, reason, self.usage.map(WireUsage::openai));
             }
-            "error" => return Err(in_band_error(event.data.as_bytes())),
+            "error" => return Err(super::in_band_failure(event.data.as_bytes())),
             // ping, and event types added later
             _ => {}
         }
@@ -782,6 +774,7 @@ fn block_index(index: Option<u64>) -> Result<u64, Failure> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::upstream::Cause;
     use http::{HeaderMap, StatusCode};
     use serde_json::{Value, json};
     use std::time::Duration;

@@ -1291,10 +1291,7 @@ fn failure(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> Failure {
 fn stray(data: &str) -> Failure {
     match serde_json::from_str::<Value>(data) {
         Ok(v) if v.get("message").is_some() || v.get("error").is_some() => {
-            let (message, code) = super::error_message(data.as_bytes());
-            let mut failure = Failure::new(Cause::InBand, message);
-            failure.code = code;
-            failure
+            super::in_band_failure(data.as_bytes())
         }
         _ => Failure::protocol("a stream event has no type"),
     }

@@ -238,6 +238,15 @@ pub fn error_message(body: &[u8]) -> (String, Option<String>) {
     }
 }
 
+/// The failure for an error a backend wrote where an answer was expected
+/// (an error event in a stream, an error object in a 200 body).
+pub fn in_band_failure(body: &[u8]) -> Failure {
+    let (message, code) = error_message(body);
+    let mut failure = Failure::new(Cause::InBand, message);
+    failure.code = code;
+    failure
+}
+
 /// The failure for a non-success status with a body in one of the common shapes.
 pub fn status_failure(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> Failure {
     let (message, code) = error_message(body);

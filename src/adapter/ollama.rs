@@ -33,7 +33,7 @@ use crate::openai::{Endpoint, Usage};
 use crate::stream::chunks::{ChunkWriter, Shape};
 use crate::stream::sse::Event;
 use crate::stream::{Decoder, Framed, Handler};
-use crate::upstream::{Cause, Failure};
+use crate::upstream::Failure;
 
 /// Where a local Ollama listens.
 const DEFAULT_BASE_URL: &str = "http://localhost:11434";
@@ -627,11 +627,6 @@ fn format<'r>(request: &'r ChatRequest<'_>) -> Result<Option<Format<'r>>, Error>
 
 // === conversions: Ollama → OpenAI ===
 
-fn in_band(line: &[u8]) -> Failure {
-    let (message, _) = super::error_message(line);
-    Failure::new(Cause::InBand, message)
-}
-
 /// The arguments object as OpenAI's JSON text, keys in Ollama's order.
 fn arguments_text(raw: Option<&RawValue>) -> String {
     match raw.map(RawValue::get) {
@@ -674,7 +669,7 @@ fn completion(body: &[u8], text: bool) -> Result<Completion, Failure> {
         Failure::protocol(format!("the response is not an Ollama chat response: {e}"))
     })?;
     if response.error.is_some_and(|e| e.get() != "null") {
-        return Err(in_band(body));
+        return Err(super::in_band_failure(body));
     }
     let Some(message) = &response.message else {
         return Err(Failure::protocol("the response has no `message`"));
@@ -708,7 +703,7 @@ fn embeddings(body: &[u8], expected: Option<usize>) -> Result<Embeddings, Failur
     };
     let response: EmbedResponse<'_> = serde_json::from_slice(body).map_err(|e| not_embed(&e))?;
     if response.error.is_some_and(|e| e.get() != "null") {
-        return Err(in_band(body));
+        return Err(super::in_band_failure(body));
     }
     let vectors = response
         .embeddings
@@ -778,7 +773,7 @@ impl StreamState {
             ))
         })?;
         if response.error.is_some_and(|e| e.get() != "null") {
-            return Err(in_band(line.as_bytes()));
+            return Err(super::in_band_failure(line.as_bytes()));
         }
         self.writer.role(out);
         if let Some(message) = &response.message {
@@ -808,6 +803,7 @@ impl StreamState {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::upstream::Cause;
     use serde_json::json;
 
     fn configure(options: Value) -> Result<Ollama, Vec<Problem>> {

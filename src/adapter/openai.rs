@@ -18,7 +18,7 @@ use crate::error::Error;
 use crate::openai::{Endpoint, SSE_DONE, Usage, json_string, span_of, splice, top_level_spans};
 use crate::stream::sse::Event;
 use crate::stream::{Decoder, Framed, Handler};
-use crate::upstream::{Cause, Failure};
+use crate::upstream::Failure;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -313,7 +313,7 @@ impl PassthroughState {
             return Ok(());
         }
         if event.event == "error" {
-            return Err(in_band_error(data.as_bytes()));
+            return Err(super::in_band_failure(data.as_bytes()));
         }
         let bytes = data.as_bytes();
         let [model, usage, error, choices] =
@@ -332,7 +332,7 @@ impl PassthroughState {
                 }
             };
         if error.is_some_and(|e| &bytes[e] != b"null") {
-            return Err(in_band_error(bytes));
+            return Err(super::in_band_failure(bytes));
         }
         if let Some(usage) = usage.and_then(|span| parse_usage(&bytes[span])) {
             self.usage = Some(usage);
@@ -385,16 +385,10 @@ fn has_finish_reason(choices: &str) -> bool {
     false
 }
 
-fn in_band_error(data: &[u8]) -> Failure {
-    let (message, code) = super::error_message(data);
-    let mut failure = Failure::new(Cause::InBand, message);
-    failure.code = code;
-    failure
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::upstream::Cause;
 
     fn relay(input: &[&str]) -> (String, Result<(), Failure>, Option<Usage>) {
         let mut d = PassthroughStream::new(json_string("alias"));

@@ -525,10 +525,7 @@ impl Progress {
         }
         let spec = &*self.spec;
         if error_event {
-            let (message, code) = super::error_message(text.as_bytes());
-            let mut failure = Failure::new(Cause::InBand, message);
-            failure.code = code;
-            return Err(failure);
+            return Err(super::in_band_failure(text.as_bytes()));
         }
         if let Some(Done::Literal(literal)) = &spec.done
             && text == literal.as_ref()
