@@ -56,13 +56,9 @@ pub fn choose(targets: &[Target], tried: &[usize], now: Instant) -> Choice {
         .map(|(i, t)| (i, t.state.availability(now)))
         .filter(|(_, a)| !matches!(a, Availability::Cooling(_)))
         .collect();
-    let untried: Vec<(usize, Availability)> = rotation
-        .iter()
-        .copied()
-        .filter(|(i, _)| !tried.contains(i))
-        .collect();
-    if !untried.is_empty() {
-        rotation = untried;
+    // Prefer what this request has not tried yet, when there is any.
+    if !tried.is_empty() && rotation.iter().any(|(i, _)| !tried.contains(i)) {
+        rotation.retain(|(i, _)| !tried.contains(i));
     }
     while !rotation.is_empty() {
         let a = draw(targets, &rotation);
