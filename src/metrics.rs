@@ -185,10 +185,11 @@ impl Default for Metrics {
 pub struct Inflight(prometheus::IntGauge);
 
 impl Inflight {
-    pub fn enter(metrics: &Metrics, provider: &str) -> Self {
-        let gauge = metrics.inflight.with_label_values(&[provider]);
+    /// `gauge` is the provider's series, looked up once when the config
+    /// is compiled.
+    pub fn enter(gauge: &prometheus::IntGauge) -> Self {
         gauge.inc();
-        Inflight(gauge)
+        Inflight(gauge.clone())
     }
 }
 

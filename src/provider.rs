@@ -18,6 +18,8 @@ pub struct Provider {
     pub id: Arc<str>,
     /// `id` as the value of `x-switchyard-provider`.
     pub id_header: Option<HeaderValue>,
+    /// This provider's `switchyard_inflight_requests` series.
+    pub inflight: prometheus::IntGauge,
     pub kind: String,
     pub adapter: Box<dyn Adapter>,
     pub transport: Transport,

@@ -553,6 +553,7 @@ fn provider(
     };
     Some(Provider {
         id_header: HeaderValue::try_from(&*id).ok(),
+        inflight: shared.metrics.inflight.with_label_values(&[&*id]),
         id,
         kind: raw.kind.clone(),
         adapter: built.adapter,

@@ -70,7 +70,7 @@ pub async fn attempt(
 
     let timeouts = provider.timeouts;
     let deadline = call.started + timeouts.total;
-    let inflight = Inflight::enter(metrics, &provider.id);
+    let inflight = Inflight::enter(&provider.inflight);
     let sent = Instant::now();
     let first_byte = timeouts
         .first_byte
