@@ -382,6 +382,50 @@ async fn redis_going_away_fails_open_then_limits_return() {
 }
 
 #[tokio::test]
+async fn a_settlement_the_store_misses_is_counted_and_logged() {
+    let Some(mut redis) = Redis::start() else {
+        return;
+    };
+    let release = Arc::new(Notify::new());
+    let gate = release.clone();
+    let mock = Mock::start(move |_| {
+        Plan::sse(vec![
+            event(&chunk(
+                "m",
+                json!({"role": "assistant", "content": "one"}),
+                None,
+            )),
+            Step::Wait(gate.clone()),
+            event(&chunk("m", json!({"content": "two"}), Some("stop"))),
+            done(),
+        ])
+    })
+    .await;
+    let store = format!("rate_limits: {{store: \"{}\"}}\n", redis.url());
+    let gw = Gateway::start(&config(&mock, "{max_concurrent: 2}", &store));
+    let mut stream = Client::new()
+        .open(
+            &gw.url("/v1/chat/completions"),
+            &[("authorization", &auth(KEY))],
+            chat("m", true),
+        )
+        .await;
+    stream.read_until("one").await;
+
+    // The store goes away while the stream runs: its lease cannot be released.
+    redis.kill();
+    release.notify_one();
+    stream.rest().await;
+    gw.wait_for_log("could not settle a request's rate limits", 0)
+        .await;
+    assert!(
+        gw.metric("switchyard_rate_limit_store_errors_total{store=\"redis\"}")
+            .await
+            >= 1.0
+    );
+}
+
+#[tokio::test]
 async fn a_closed_policy_refuses_while_redis_is_down() {
     let Some(mut redis) = Redis::start() else {
         return;

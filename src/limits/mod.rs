@@ -508,6 +508,8 @@ impl Engine {
         Ok(Ticket {
             settle: Some(Settle {
                 store: policy.store.clone(),
+                timeout: policy.timeout,
+                metrics: self.metrics.clone(),
                 clock: self.clock.clone(),
                 price: alias.price,
                 charges,
@@ -660,6 +662,9 @@ enum Pending {
 
 struct Settle {
     store: Arc<Store>,
+    /// The store's `timeout`, and where its errors are counted.
+    timeout: Duration,
+    metrics: Arc<Metrics>,
     clock: Arc<dyn Clock>,
     price: Option<Price>,
     charges: Vec<Pending>,
@@ -738,11 +743,22 @@ impl Ticket {
             return None;
         }
         let now = settle.clock.now_ms();
-        let store = settle.store;
+        let (store, timeout, metrics) = (settle.store, settle.timeout, settle.metrics);
         let apply = async move {
-            if let Err(StoreError(e)) = store.settle(now, &charges).await {
-                tracing::warn!(error = %e, "could not settle a request's rate limits");
-            }
+            let error = match tokio::time::timeout(timeout, store.settle(now, &charges)).await {
+                Ok(Ok(())) => return,
+                Ok(Err(StoreError(e))) => e,
+                Err(_) => "no answer in time".to_owned(),
+            };
+            metrics
+                .limit_store_errors
+                .with_label_values(&[store.describe()])
+                .inc();
+            tracing::warn!(
+                store = store.describe(),
+                error,
+                "could not settle a request's rate limits"
+            );
         };
         match tokio::runtime::Handle::try_current() {
             Ok(handle) => Some(handle.spawn(apply)),
