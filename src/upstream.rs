@@ -226,6 +226,22 @@ pub enum Cause {
     Saturated,
 }
 
+impl Cause {
+    /// A status that blames the client's request (400, 404, 413, 422): not
+    /// retried, passed on to the client, and no mark against the target.
+    pub fn is_client_error(self) -> bool {
+        matches!(
+            self,
+            Cause::Status(
+                StatusCode::BAD_REQUEST
+                    | StatusCode::NOT_FOUND
+                    | StatusCode::PAYLOAD_TOO_LARGE
+                    | StatusCode::UNPROCESSABLE_ENTITY
+            )
+        )
+    }
+}
+
 /// One failed attempt: what happened and what the backend said.
 #[derive(Debug, Clone)]
 pub struct Failure {

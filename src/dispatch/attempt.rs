@@ -252,12 +252,7 @@ pub fn final_error(provider: &Provider, mut f: Failure) -> Error {
     let provider = &provider.id;
     let said = |what: &str| format!("provider {provider} {what}: {}", f.message);
     match f.cause {
-        Cause::Status(
-            s @ (StatusCode::BAD_REQUEST
-            | StatusCode::NOT_FOUND
-            | StatusCode::PAYLOAD_TOO_LARGE
-            | StatusCode::UNPROCESSABLE_ENTITY),
-        ) => {
+        Cause::Status(s) if f.cause.is_client_error() => {
             let mut e = Error::new(Kind::UpstreamRejected(s), f.message);
             e.code = f.code.map(String::into_boxed_str);
             e

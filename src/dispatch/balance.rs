@@ -221,7 +221,7 @@ async fn try_target(attempt: Attempt, metrics: &Metrics) -> Result<Response<Body
         Err(AttemptError::Failed(failure)) => {
             match failure.cause {
                 // The client's request was bad: the target itself is fine.
-                Cause::Status(s) if matches!(s.as_u16(), 400 | 404 | 413 | 422) => state.success(),
+                c if c.is_client_error() => state.success(),
                 Cause::Status(s) if matches!(s.as_u16(), 401 | 403) => {
                     state.cool_down(routing.cooldown_for, "rejected the gateway's credentials")
                 }

@@ -55,12 +55,7 @@ impl Routing {
             // The request's own deadline is gone: nothing can be retried.
             Cause::TotalTimeout => None,
             // The client's mistake, not the backend's.
-            Cause::Status(
-                StatusCode::BAD_REQUEST
-                | StatusCode::NOT_FOUND
-                | StatusCode::PAYLOAD_TOO_LARGE
-                | StatusCode::UNPROCESSABLE_ENTITY,
-            ) => None,
+            c if c.is_client_error() => None,
             // The gateway's credentials for this provider: another target may have good ones.
             Cause::Status(s @ (StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN)) => {
                 Some(Cow::Owned(s.as_u16().to_string()))
