@@ -66,6 +66,7 @@ impl Admin {
             .all
             .iter()
             .flat_map(|a| a.targets.iter())
+            .filter(|t| t.weight > 0)
             .any(|t| !matches!(t.state.availability(now), Availability::Cooling(_)));
         if healthy {
             (StatusCode::OK, "ready")

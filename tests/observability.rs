@@ -311,9 +311,15 @@ async fn logs_inside_a_request_carry_its_span() {
 #[tokio::test]
 async fn readiness_follows_targets_and_shutdown() {
     let mock = Mock::start(|_| Plan::json(503, json!({"error": {"message": "down"}}))).await;
+    // A weight-0 target is out of rotation: it does not make the replica ready.
     let gw = Gateway::start(&format!(
         "auth: {{required: false}}\nrouting: {{retry: {{attempts: 1}}, cooldown: {{after_failures: 1, for: 60s}}}}\n{}",
-        config(&mock).replace("auth: {required: false}\n", "")
+        config(&mock)
+            .replace("auth: {required: false}\n", "")
+            .replace(
+                "model: backend}]}",
+                "model: backend}, {provider: p, model: spare, weight: 0}]}"
+            )
     ));
     let client = Client::new();
     assert_eq!(client.get(&gw.admin_url("/readyz"), &[]).await.status, 200);
