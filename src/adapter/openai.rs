@@ -152,7 +152,10 @@ impl OpenAi {
 
 /// The edit that turns on `stream_options.include_usage`: a new field after
 /// the opening brace, or the client's `stream_options` with it set.
-fn usage_edit(body: &[u8], stream_options: Option<Range<usize>>) -> (Range<usize>, Bytes) {
+pub(super) fn usage_edit(
+    body: &[u8],
+    stream_options: Option<Range<usize>>,
+) -> (Range<usize>, Bytes) {
     match stream_options {
         Some(span) => {
             let mut options: serde_json::Map<String, serde_json::Value> =
@@ -171,28 +174,29 @@ fn usage_edit(body: &[u8], stream_options: Option<Range<usize>>) -> (Range<usize
     }
 }
 
-/// `body` with every span replaced, in one allocation (spans must not overlap).
-fn splice_all(body: &Bytes, mut edits: Vec<(Range<usize>, Bytes)>) -> Bytes {
-    match edits.len() {
-        0 => body.clone(),
-        1 => {
-            let (span, with) = edits.pop().expect("one edit");
-            splice(body, span, &with)
-        }
-        _ => {
-            edits.sort_by_key(|(span, _)| span.start);
-            let extra: usize = edits.iter().map(|(_, w)| w.len()).sum();
-            let mut out = BytesMut::with_capacity(body.len() + extra);
-            let mut at = 0;
-            for (span, with) in edits {
-                out.put_slice(&body[at..span.start]);
-                out.put_slice(&with);
-                at = span.end;
-            }
-            out.put_slice(&body[at..]);
-            out.freeze()
-        }
+/// `body` with every span replaced; no edit, no copy.
+fn splice_all(body: &Bytes, edits: Vec<(Range<usize>, Bytes)>) -> Bytes {
+    if edits.is_empty() {
+        body.clone()
+    } else {
+        splice_many(body, edits)
     }
+}
+
+/// `body` with every span replaced, in one allocation; spans in any order,
+/// not overlapping.
+pub(super) fn splice_many<T: AsRef<[u8]>>(body: &[u8], mut edits: Vec<(Range<usize>, T)>) -> Bytes {
+    edits.sort_by_key(|(span, _)| span.start);
+    let extra: usize = edits.iter().map(|(_, w)| w.as_ref().len()).sum();
+    let mut out = BytesMut::with_capacity(body.len() + extra);
+    let mut at = 0;
+    for (span, with) in edits {
+        out.put_slice(&body[at..span.start]);
+        out.put_slice(with.as_ref());
+        at = span.end;
+    }
+    out.put_slice(&body[at..]);
+    out.freeze()
 }
 
 /// `content-type: application/json` and the matching `accept`.

@@ -24,7 +24,7 @@ mod templates;
 use std::borrow::Cow;
 use std::ops::Range;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, StatusCode, Uri};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -580,40 +580,29 @@ impl HuggingFace {
         req.refuse_unsupported(&self.provider, true)?;
         let peek: MessagesPeek<'_> = serde_json::from_slice(body)
             .map_err(|e| Error::invalid(format!("invalid request body: {e}")))?;
-        let mut edits: Vec<(Range<usize>, Cow<'_, [u8]>)> = vec![(
-            span_of(body, peek.model),
-            Cow::Owned(json_string(model).to_vec()),
-        )];
+        let mut edits: Vec<(Range<usize>, Bytes)> =
+            vec![(span_of(body, peek.model), json_string(model))];
         if let Some(raw) = peek.response_format
             && let Some(text) = tgi_response_format(raw, &self.provider)?
         {
-            edits.push((span_of(body, raw), Cow::Owned(text.into_bytes())));
+            edits.push((span_of(body, raw), Bytes::from(text)));
         }
         if let Some(raw) = peek.top_p
             && raw.get().parse::<f64>().is_ok_and(|p| p >= 1.0)
         {
             // TGI rejects `top_p` ≥ 1; 1 is OpenAI's "no nucleus sampling".
-            edits.push((span_of(body, raw), Cow::Borrowed(b"null")));
+            edits.push((span_of(body, raw), Bytes::from_static(b"null")));
         }
         if stream {
             // Usage is reported by TGI only when asked; the client still gets
             // a usage chunk only if it asked.
-            const ASK: &[u8] = br#"{"include_usage":true}"#;
-            match peek.stream_options {
-                Some(raw) => edits.push((span_of(body, raw), Cow::Borrowed(ASK))),
-                None => {
-                    let open = body.iter().position(|&b| b == b'{').unwrap_or(0) + 1;
-                    edits.push((
-                        open..open,
-                        Cow::Borrowed(br#""stream_options":{"include_usage":true},"#),
-                    ));
-                }
-            }
+            let options = peek.stream_options.map(|raw| span_of(body, raw));
+            edits.push(super::openai::usage_edit(body, options));
         }
         Ok(UpstreamRequest {
             uri: self.chat.clone(),
             headers: json_headers(stream),
-            body: apply(body, edits),
+            body: super::openai::splice_many(body, edits),
             stream,
         })
     }
@@ -722,20 +711,6 @@ impl HuggingFace {
             stream: false,
         })
     }
-}
-
-/// `body` with each span replaced, spans in any order and not overlapping.
-fn apply(body: &[u8], mut edits: Vec<(Range<usize>, Cow<'_, [u8]>)>) -> Bytes {
-    edits.sort_by_key(|(span, _)| span.start);
-    let mut out = BytesMut::with_capacity(body.len() + 64);
-    let mut at = 0;
-    for (span, text) in edits {
-        out.put_slice(&body[at..span.start]);
-        out.put_slice(&text);
-        at = span.end;
-    }
-    out.put_slice(&body[at..]);
-    out.freeze()
 }
 
 /// TGI's `response_format` for an OpenAI one; `None` keeps it as sent.
