@@ -1159,18 +1159,6 @@ fn with_tools(reason: FinishReason, tool_calls: u32) -> FinishReason {
     }
 }
 
-/// Arguments as JSON text: a JSON string's contents, or an object's text.
-fn raw_arguments(raw: Option<&RawValue>) -> String {
-    match raw {
-        None => String::new(),
-        Some(r) if r.get().starts_with('"') => {
-            serde_json::from_str::<String>(r.get()).unwrap_or_default()
-        }
-        Some(r) if r.get() == "null" => String::new(),
-        Some(r) => r.get().to_owned(),
-    }
-}
-
 /// The id of the `index`th tool call of a v1 answer (v1 calls have none).
 fn v1_call_id(generation: Option<&str>, index: u32) -> String {
     match generation {
@@ -1205,7 +1193,7 @@ fn v2_completion(body: &[u8]) -> Result<Completion, Failure> {
             ToolCallOut {
                 id: c.id.map_or_else(|| format!("call_{i}"), Cow::into_owned),
                 name: function.name.map(Cow::into_owned).unwrap_or_default(),
-                arguments: raw_arguments(function.arguments),
+                arguments: super::arguments_text(function.arguments, ""),
             }
         })
         .collect();
@@ -1388,7 +1376,7 @@ impl V2State {
                     || format!("call_{}", self.writer.tool_call_count()),
                     Cow::into_owned,
                 );
-                let arguments = raw_arguments(function.arguments);
+                let arguments = super::arguments_text(function.arguments, "");
                 self.tool = Some(self.writer.tool_call(out, &id, &name, &arguments));
             }
             "tool-call-delta" => {
@@ -1396,7 +1384,7 @@ impl V2State {
                     return Err(Failure::protocol("a tool-call-delta outside a tool call"));
                 };
                 let call: V2ToolCallIn<'_> = parse_part(message.tool_calls, "tool-call-delta")?;
-                let fragment = raw_arguments(call.function.and_then(|f| f.arguments));
+                let fragment = super::arguments_text(call.function.and_then(|f| f.arguments), "");
                 self.writer.tool_arguments(out, index, &fragment);
             }
             "tool-call-end" => self.tool = None,

@@ -238,6 +238,19 @@ pub fn error_message(body: &[u8]) -> (String, Option<String>) {
     }
 }
 
+/// A tool call's arguments as OpenAI carries them (JSON text in a string):
+/// the contents of a JSON string, or an object's own text; `absent` when
+/// the backend sent none (or null).
+pub fn arguments_text(raw: Option<&serde_json::value::RawValue>, absent: &str) -> String {
+    match raw.map(|r| r.get()) {
+        None | Some("null") => absent.to_owned(),
+        Some(text) if text.starts_with('"') => {
+            serde_json::from_str(text).unwrap_or_else(|_| absent.to_owned())
+        }
+        Some(text) => text.to_owned(),
+    }
+}
+
 /// The failure for an error a backend wrote where an answer was expected
 /// (an error event in a stream, an error object in a 200 body).
 pub fn in_band_failure(body: &[u8]) -> Failure {

@@ -627,17 +627,6 @@ fn format<'r>(request: &'r ChatRequest<'_>) -> Result<Option<Format<'r>>, Error>
 
 // === conversions: Ollama → OpenAI ===
 
-/// The arguments object as OpenAI's JSON text, keys in Ollama's order.
-fn arguments_text(raw: Option<&RawValue>) -> String {
-    match raw.map(RawValue::get) {
-        None | Some("null") => "{}".to_owned(),
-        Some(text) if text.starts_with('"') => {
-            serde_json::from_str::<String>(text).unwrap_or_else(|_| "{}".to_owned())
-        }
-        Some(text) => text.to_owned(),
-    }
-}
-
 /// The id Ollama gave, or `call_<n>` by position.
 fn call_id(given: Option<&str>, position: u32) -> String {
     match given {
@@ -682,7 +671,7 @@ fn completion(body: &[u8], text: bool) -> Result<Completion, Failure> {
         .map(|(call, n)| ToolCallOut {
             id: call_id(call.id.as_deref(), n),
             name: call.function.name.clone().into_owned(),
-            arguments: arguments_text(call.function.arguments),
+            arguments: super::arguments_text(call.function.arguments, "{}"),
         })
         .collect();
     let content = message.content.as_deref().unwrap_or("");
@@ -782,7 +771,7 @@ impl StreamState {
             }
             for call in message.tool_calls.iter().flatten() {
                 let id = call_id(call.id.as_deref(), self.writer.tool_call_count());
-                let arguments = arguments_text(call.function.arguments);
+                let arguments = super::arguments_text(call.function.arguments, "{}");
                 self.writer
                     .tool_call(out, &id, &call.function.name, &arguments);
             }

@@ -1000,19 +1000,6 @@ fn tool_id_prefix(call: &Call) -> String {
     format!("call_{}_", call.request_id.to_str().unwrap_or("0"))
 }
 
-/// A tool call's arguments as JSON text: TGI sends a string, older
-/// releases an object.
-fn arguments_text(raw: Option<&RawValue>) -> String {
-    match raw {
-        None => "{}".to_owned(),
-        Some(raw) => match serde_json::from_str::<Cow<'_, str>>(raw.get()) {
-            Ok(text) => text.into_owned(),
-            Err(_) if raw.get() == "null" => "{}".to_owned(),
-            Err(_) => raw.get().to_owned(),
-        },
-    }
-}
-
 /// A whole Messages API answer.
 fn messages_response(body: &[u8], ids: &str) -> Result<Converted, Failure> {
     let response: ChatResponse<'_> = serde_json::from_slice(body)
@@ -1034,7 +1021,7 @@ fn messages_response(body: &[u8], ids: &str) -> Result<Converted, Failure> {
         .map(|(i, t)| ToolCallOut {
             id: format!("{ids}{i}"),
             name: t.function.name.map(Cow::into_owned).unwrap_or_default(),
-            arguments: arguments_text(t.function.arguments),
+            arguments: super::arguments_text(t.function.arguments, "{}"),
         })
         .collect();
     let finish_reason = if tool_calls.is_empty() {
