@@ -388,19 +388,7 @@ async fn a_settlement_the_store_misses_is_counted_and_logged() {
     };
     let release = Arc::new(Notify::new());
     let gate = release.clone();
-    let mock = Mock::start(move |_| {
-        Plan::sse(vec![
-            event(&chunk(
-                "m",
-                json!({"role": "assistant", "content": "one"}),
-                None,
-            )),
-            Step::Wait(gate.clone()),
-            event(&chunk("m", json!({"content": "two"}), Some("stop"))),
-            done(),
-        ])
-    })
-    .await;
+    let mock = Mock::start(move |_| mock::held_stream("one", &gate, "two")).await;
     let store = format!("rate_limits: {{store: \"{}\"}}\n", redis.url());
     let gw = Gateway::start(&config(&mock, "{max_concurrent: 2}", &store));
     let mut stream = Client::new()

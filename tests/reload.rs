@@ -7,8 +7,7 @@ mod support;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-use serde_json::json;
-use support::mock::{Plan, Step, chunk, done, event};
+use support::mock::held_stream;
 use support::{Client, Gateway, Mock, chat};
 use tokio::sync::Notify;
 
@@ -162,19 +161,7 @@ async fn an_empty_file_is_never_installed() {
 async fn in_flight_requests_finish_on_their_snapshot() {
     let release = Arc::new(Notify::new());
     let gate = release.clone();
-    let mock = Mock::start(move |_| {
-        Plan::sse(vec![
-            event(&chunk(
-                "m",
-                json!({"role": "assistant", "content": "one"}),
-                None,
-            )),
-            Step::Wait(gate.clone()),
-            event(&chunk("m", json!({"content": "two"}), Some("stop"))),
-            done(),
-        ])
-    })
-    .await;
+    let mock = Mock::start(move |_| held_stream("one", &gate, "two")).await;
     let other = Mock::openai().await;
     let gw = Gateway::start(&config(&mock, "old"));
     let mut stream = Client::new()

@@ -98,6 +98,21 @@ pub fn done() -> Step {
     Step::Send(Bytes::from_static(b"data: [DONE]\n\n"))
 }
 
+/// An OpenAI stream held open: `first` at once, then, once `gate` is
+/// notified, `rest` with the finish and `[DONE]`.
+pub fn held_stream(first: &str, gate: &Arc<Notify>, rest: &str) -> Plan {
+    Plan::sse(vec![
+        event(&chunk(
+            "m",
+            json!({"role": "assistant", "content": first}),
+            None,
+        )),
+        Step::Wait(gate.clone()),
+        event(&chunk("m", json!({"content": rest}), Some("stop"))),
+        done(),
+    ])
+}
+
 /// A chat chunk of an OpenAI stream.
 pub fn chunk(model: &str, delta: Value, finish: Option<&str>) -> Value {
     json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 1_760_000_000u64,
