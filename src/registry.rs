@@ -102,7 +102,8 @@ impl Registry {
             current: ArcSwap::from_pointee(first),
             shared,
         };
-        registry.prune();
+        registry.reconcile();
+        registry.restart_checks();
         registry
     }
 
@@ -114,12 +115,20 @@ impl Registry {
     /// Swaps in a new snapshot; requests in flight keep the old one.
     pub fn install(&self, next: Snapshot) {
         self.current.store(Arc::new(next));
-        self.prune();
+        self.reconcile();
+        self.restart_checks();
     }
 
-    /// Drops shared state no snapshot uses any more and restarts the
-    /// active health checks for the current one.
-    fn prune(&self) {
+    /// After a config was compiled and then rejected: compiling touched the
+    /// shared tables (limiters, budgets, target health), so they go back to
+    /// what the running snapshot holds.
+    pub fn rejected(&self) {
+        self.reconcile();
+    }
+
+    /// Makes the shared state match the current snapshot: what it no longer
+    /// uses is dropped, what it holds is what the tables hold.
+    fn reconcile(&self) {
         let snapshot = self.current.load();
         let shared = &self.shared;
         let pools: Vec<_> = snapshot
@@ -128,15 +137,20 @@ impl Registry {
             .filter_map(|p| p.pool.clone())
             .collect();
         shared.pools.retain(&pools);
-        let providers: Vec<Arc<str>> = snapshot.providers.keys().cloned().collect();
-        shared.limiters.retain(&providers);
-        let aliases: Vec<Arc<str>> = snapshot
-            .aliases
-            .all
-            .iter()
-            .map(|a| a.name.clone())
-            .collect();
-        shared.budgets.retain(&aliases);
+        shared.limiters.reconcile(
+            snapshot
+                .providers
+                .values()
+                .filter_map(|p| Some((p.id.clone(), p.limiter.clone()?))),
+        );
+        shared.budgets.reconcile(
+            snapshot.routing.budget,
+            snapshot
+                .aliases
+                .all
+                .iter()
+                .map(|a| (a.name.clone(), a.budget.clone())),
+        );
         shared
             .limit_stores
             .retain(std::slice::from_ref(&snapshot.limits.store_key));
@@ -148,6 +162,12 @@ impl Registry {
             .map(|t| (t.state.provider.clone(), t.state.model.clone()))
             .collect();
         shared.health.retain(&targets, &shared.metrics);
+    }
+
+    /// Restarts the active health checks for the current snapshot.
+    fn restart_checks(&self) {
+        let snapshot = self.current.load();
+        let shared = &self.shared;
         if tokio::runtime::Handle::try_current().is_ok() {
             let checked: Vec<_> = snapshot
                 .providers

@@ -140,6 +140,28 @@ async fn a_bad_file_is_rejected_and_nothing_fails_meanwhile() {
 }
 
 #[tokio::test]
+async fn a_rejected_file_leaves_no_trace_in_shared_state() {
+    let mock = Mock::openai().await;
+    let gw = Gateway::start(&config(&mock, "kept"));
+    let seen = gw.logs().len();
+    // Valid but for one unknown provider: compiling it meets a new target first.
+    gw.rewrite_config(&format!(
+        "{}  phantom: {{targets: [{{provider: p, model: ghost}}]}}\n  broken: {{targets: [{{provider: lmstudo}}]}}\n",
+        config(&mock, "kept")
+    ));
+    gw.wait_for_log("config reload rejected", seen).await;
+    let text = Client::new()
+        .get(&gw.admin_url("/metrics"), &[])
+        .await
+        .text();
+    assert!(
+        !text.contains("ghost"),
+        "a target of a rejected config is not in /metrics"
+    );
+    assert_eq!(status(&gw, "kept").await, 200);
+}
+
+#[tokio::test]
 async fn an_empty_file_is_never_installed() {
     // What a watcher sees between an editor's truncate and its write.
     let mock = Mock::openai().await;

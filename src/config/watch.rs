@@ -152,6 +152,7 @@ fn reload(state: &State, path: &FsPath, forced: bool, last: &mut Option<[u8; 32]
             tracing::info!(path = %path.display(), %summary, "config reloaded");
         }
         Err(problems) => {
+            state.registry.rejected();
             state
                 .metrics()
                 .config_reloads

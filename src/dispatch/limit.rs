@@ -82,9 +82,11 @@ impl LimiterTable {
         entry.clone()
     }
 
-    pub fn retain(&self, keep: &[Arc<str>]) {
+    /// Holds exactly the installed snapshot's limiters, whatever a compile
+    /// that was then rejected put here.
+    pub fn reconcile(&self, installed: impl IntoIterator<Item = (Arc<str>, Arc<Limiter>)>) {
         let mut limiters = self.limiters.lock().unwrap_or_else(|p| p.into_inner());
-        limiters.retain(|k, _| keep.contains(k));
+        *limiters = installed.into_iter().collect();
     }
 }
 

@@ -175,9 +175,18 @@ impl BudgetTable {
         entry.1.clone()
     }
 
-    pub fn retain(&self, keep: &[Arc<str>]) {
+    /// Holds exactly the installed snapshot's budgets, whatever a compile
+    /// that was then rejected put here.
+    pub fn reconcile(
+        &self,
+        spec: RetryBudget,
+        installed: impl IntoIterator<Item = (Arc<str>, Arc<TpsBudget>)>,
+    ) {
         let mut budgets = self.budgets.lock().unwrap_or_else(|p| p.into_inner());
-        budgets.retain(|k, _| keep.contains(k));
+        *budgets = installed
+            .into_iter()
+            .map(|(alias, budget)| (alias, (spec, budget)))
+            .collect();
     }
 }
 
