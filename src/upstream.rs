@@ -2,6 +2,7 @@
 //! WebSocket connections, the upstream body type, and the failure type every
 //! attempt reports.
 
+pub mod h1;
 pub mod websocket;
 
 use std::collections::HashMap;
@@ -22,7 +23,49 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use crate::adapter::demo;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-pub type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+type TlsClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// One provider's HTTP client: plain `http` through the in-task HTTP/1.1
+/// client ([`h1`]), `https` through hyper-util's pooled client.
+pub struct HttpClient {
+    plain: Arc<h1::Pool>,
+    tls: TlsClient,
+}
+
+impl HttpClient {
+    async fn send(&self, request: Request<Full<Bytes>>) -> Result<Response<UpstreamBody>, Failure> {
+        if request.uri().scheme() == Some(&http::uri::Scheme::HTTP) {
+            let (parts, body) = request.into_parts();
+            let body = whole(body);
+            let response = self.plain.send(Request::from_parts(parts, body)).await?;
+            return Ok(response.map(UpstreamBody::Plain));
+        }
+        // Boxed: the pooled client's future is large and would make every
+        // request's future (plain ones included) as large.
+        match Box::pin(self.tls.request(request)).await {
+            Ok(response) => Ok(response.map(UpstreamBody::Http)),
+            Err(e) if e.is_connect() => Err(Failure::new(
+                Cause::Connect,
+                format!("cannot connect: {}", error_chain(&e)),
+            )),
+            Err(e) => Err(Failure::new(
+                Cause::Connect,
+                format!("connection failed: {}", error_chain(&e)),
+            )),
+        }
+    }
+}
+
+/// The bytes of a `Full` body (ready at once: it holds them).
+fn whole(body: Full<Bytes>) -> Bytes {
+    use futures_util::FutureExt;
+    use http_body_util::BodyExt;
+    let mut body = body;
+    match body.frame().now_or_never() {
+        Some(Some(Ok(frame))) => frame.into_data().unwrap_or_default(),
+        _ => Bytes::new(),
+    }
+}
 
 /// Per-provider timeouts, resolved from the global ones and the provider's overrides.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -40,7 +83,7 @@ pub struct Timeouts {
 /// How a provider's requests leave the process.
 #[derive(Clone)]
 pub enum Transport {
-    Http(Box<HttpClient>),
+    Http(Arc<HttpClient>),
     Demo(Arc<demo::Backend>),
     WebSocket(websocket::WebSocket),
 }
@@ -62,19 +105,9 @@ impl Transport {
         request: Request<Full<Bytes>>,
     ) -> Result<Response<UpstreamBody>, Failure> {
         match self {
-            Transport::Http(client) => match client.request(request).await {
-                Ok(response) => Ok(response.map(UpstreamBody::Http)),
-                Err(e) if e.is_connect() => Err(Failure::new(
-                    Cause::Connect,
-                    format!("cannot connect: {}", error_chain(&e)),
-                )),
-                Err(e) => Err(Failure::new(
-                    Cause::Connect,
-                    format!("connection failed: {}", error_chain(&e)),
-                )),
-            },
-            Transport::Demo(backend) => Ok(backend.handle(request).await),
-            Transport::WebSocket(ws) => ws.send(request).await,
+            Transport::Http(client) => client.send(request).await,
+            Transport::Demo(backend) => Ok(Box::pin(backend.handle(request)).await),
+            Transport::WebSocket(ws) => Box::pin(ws.send(request)).await,
         }
     }
 
@@ -106,7 +139,7 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
 /// connect settings, so that a reload keeps the pools of unchanged providers.
 #[derive(Default)]
 pub struct Pools {
-    clients: Mutex<HashMap<PoolKey, HttpClient>>,
+    clients: Mutex<HashMap<PoolKey, Arc<HttpClient>>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -121,7 +154,7 @@ pub struct PoolKey {
 pub type ExtraRoots = Vec<tokio_rustls::rustls::pki_types::CertificateDer<'static>>;
 
 impl Pools {
-    pub fn client(&self, key: PoolKey, roots: &ExtraRoots) -> HttpClient {
+    pub fn client(&self, key: PoolKey, roots: &ExtraRoots) -> Arc<HttpClient> {
         let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
         clients
             .entry(key.clone())
@@ -136,7 +169,7 @@ impl Pools {
     }
 }
 
-fn new_client(connect: Duration, extra: &ExtraRoots) -> HttpClient {
+fn new_client(connect: Duration, extra: &ExtraRoots) -> Arc<HttpClient> {
     use tokio_rustls::rustls;
     let mut http = HttpConnector::new();
     http.set_nodelay(true);
@@ -162,15 +195,20 @@ fn new_client(connect: Duration, extra: &ExtraRoots) -> HttpClient {
         .enable_http1()
         .enable_http2()
         .wrap_connector(http);
-    Client::builder(TokioExecutor::new())
+    let tls = Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(90))
         .pool_timer(TokioTimer::new())
         .timer(TokioTimer::new())
-        .build(https)
+        .build(https);
+    Arc::new(HttpClient {
+        plain: h1::Pool::new(connect),
+        tls,
+    })
 }
 
 /// A backend's response body, from the network or from the demo backend.
 pub enum UpstreamBody {
+    Plain(h1::Body),
     Http(Incoming),
     Local(Pin<Box<dyn HttpBody<Data = Bytes, Error = BoxError> + Send>>),
 }
@@ -184,6 +222,7 @@ impl HttpBody for UpstreamBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
+            UpstreamBody::Plain(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
             UpstreamBody::Http(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
             UpstreamBody::Local(b) => b.as_mut().poll_frame(cx),
         }
@@ -191,6 +230,7 @@ impl HttpBody for UpstreamBody {
 
     fn is_end_stream(&self) -> bool {
         match self {
+            UpstreamBody::Plain(b) => b.is_end_stream(),
             UpstreamBody::Http(b) => b.is_end_stream(),
             UpstreamBody::Local(b) => b.is_end_stream(),
         }
@@ -198,6 +238,7 @@ impl HttpBody for UpstreamBody {
 
     fn size_hint(&self) -> SizeHint {
         match self {
+            UpstreamBody::Plain(b) => b.size_hint(),
             UpstreamBody::Http(b) => b.size_hint(),
             UpstreamBody::Local(b) => b.size_hint(),
         }

@@ -547,7 +547,7 @@ fn provider(
                 ca: ca.as_ref().map(|(digest, _)| *digest),
             };
             let roots = ca.map(|(_, certs)| certs).unwrap_or_default();
-            let client = Box::new(shared.pools.client(key.clone(), &roots));
+            let client = shared.pools.client(key.clone(), &roots);
             (Transport::Http(client), Some(key))
         }
     };

@@ -1,0 +1,1056 @@
+//! The HTTP/1.1 client for plain-`http` backends (vLLM, Ollama, llama.cpp,
+//! TGI on a private network): a keep-alive pool of TCP connections and an
+//! exchange that runs inside the request's own task.
+//!
+//! There is no connection task. The request is written and the response head
+//! read by the attempt's future; the body is read by whoever polls [`Body`]
+//! (for a stream, the client's connection task through the relay), and a
+//! connection whose body was read to the end goes back to the pool. A body
+//! dropped early closes its connection, which is how a backend learns the
+//! client left. An idle connection is not polled: checkout looks at the
+//! readiness the reactor recorded and drops a connection the backend closed
+//! or wrote to while idle.
+//!
+//! `https` backends use hyper-util's pooled client (TLS, HTTP/2 by ALPN).
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{CONNECTION, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
+use http_body::{Frame, SizeHint};
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use super::{Cause, Failure};
+
+/// How long a connection may sit idle in the pool.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// Idle connections kept per backend address; the oldest go first.
+const MAX_IDLE: usize = 1024;
+/// Bytes asked of the kernel per read.
+const READ_SIZE: usize = 4096;
+/// The longest response head accepted.
+const MAX_HEAD: usize = 64 * 1024;
+/// The most response headers accepted.
+const MAX_HEADERS: usize = 100;
+/// A chunk-size line (with extensions) longer than this is not HTTP.
+const MAX_CHUNK_LINE: usize = 4096;
+
+/// Idle connections to the backends of one provider.
+pub struct Pool {
+    connect: Duration,
+    /// One entry per backend authority; nearly always exactly one.
+    idle: Mutex<Vec<(Box<str>, VecDeque<Idle>)>>,
+}
+
+struct Idle {
+    conn: Conn,
+    since: Instant,
+}
+
+struct Conn {
+    io: TcpStream,
+    /// Bytes read and not yet consumed. Empty whenever the connection is idle.
+    buf: BytesMut,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("h1::Pool")
+            .field("connect", &self.connect)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Pool {
+    /// A pool whose connections are made within `connect`. Inside a tokio
+    /// runtime, a background task closes expired idle connections for as long
+    /// as the pool lives.
+    pub fn new(connect: Duration) -> Arc<Pool> {
+        let pool = Arc::new(Pool {
+            connect,
+            idle: Mutex::new(Vec::new()),
+        });
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(reap(Arc::downgrade(&pool)));
+        }
+        pool
+    }
+
+    /// Sends one request and reads the response head. A request that fails
+    /// on a reused connection before any byte of an answer (the backend had
+    /// closed it while idle) is sent once more on a new connection.
+    pub async fn send(
+        self: &Arc<Self>,
+        request: Request<Bytes>,
+    ) -> Result<Response<Body>, Failure> {
+        let (parts, body) = request.into_parts();
+        let authority = parts
+            .uri
+            .authority()
+            .ok_or_else(|| Failure::new(Cause::Connect, "the backend URL has no host"))?;
+        let key = authority.as_str();
+        let head = encode_head(&parts, &body);
+        let mut pooled = true;
+        loop {
+            let conn = match pooled.then(|| self.checkout(key)).flatten() {
+                Some(conn) => conn,
+                None => {
+                    pooled = false;
+                    Box::pin(self.connect(authority)).await?
+                }
+            };
+            match exchange(conn, &head, &body, parts.method == Method::HEAD).await {
+                Ok((response, framing, conn, keep_alive)) => {
+                    let mut body = Body {
+                        conn: Some(conn),
+                        framing,
+                        keep_alive,
+                        pool: Arc::downgrade(self),
+                        key: key.into(),
+                    };
+                    body.finish_if_done();
+                    return Ok(response.map(|()| body));
+                }
+                Err(e) if e.stale && pooled => continue,
+                Err(e) => return Err(e.failure),
+            }
+        }
+    }
+
+    async fn connect(&self, authority: &http::uri::Authority) -> Result<Conn, Failure> {
+        let host = authority.host();
+        let host = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host);
+        let port = authority.port_u16().unwrap_or(80);
+        let io = match tokio::time::timeout(self.connect, TcpStream::connect((host, port))).await {
+            Ok(Ok(io)) => io,
+            Ok(Err(e)) => {
+                return Err(Failure::new(Cause::Connect, format!("cannot connect: {e}")));
+            }
+            Err(_) => {
+                return Err(Failure::new(
+                    Cause::Connect,
+                    format!(
+                        "cannot connect: no connection within {}",
+                        humantime::format_duration(self.connect)
+                    ),
+                ));
+            }
+        };
+        let _ = io.set_nodelay(true);
+        let keepalive = socket2::TcpKeepalive::new().with_time(Duration::from_secs(60));
+        let _ = socket2::SockRef::from(&io).set_tcp_keepalive(&keepalive);
+        Ok(Conn {
+            io,
+            buf: BytesMut::new(),
+        })
+    }
+
+    /// The most recently used idle connection to `key` that is still open.
+    fn checkout(&self, key: &str) -> Option<Conn> {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let (_, conns) = idle.iter_mut().find(|(k, _)| &**k == key)?;
+        while let Some(Idle { conn, since }) = conns.pop_back() {
+            if since.elapsed() >= IDLE_TIMEOUT {
+                // Everything older is expired too.
+                conns.clear();
+                return None;
+            }
+            if conn.is_open() {
+                return Some(conn);
+            }
+        }
+        None
+    }
+
+    fn checkin(&self, key: &str, conn: Conn) {
+        let now = Instant::now();
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let conns = match idle.iter().position(|(k, _)| &**k == key) {
+            Some(i) => &mut idle[i].1,
+            None => {
+                idle.push((key.into(), VecDeque::new()));
+                &mut idle.last_mut().expect("just pushed").1
+            }
+        };
+        while conns
+            .front()
+            .is_some_and(|c| conns.len() >= MAX_IDLE || now - c.since >= IDLE_TIMEOUT)
+        {
+            conns.pop_front();
+        }
+        conns.push_back(Idle { conn, since: now });
+    }
+
+    /// Closes idle connections that expired or that the backend closed.
+    fn prune(&self) {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        for (_, conns) in idle.iter_mut() {
+            conns.retain(|c| c.since.elapsed() < IDLE_TIMEOUT && c.conn.is_open());
+        }
+        idle.retain(|(_, conns)| !conns.is_empty());
+    }
+
+    /// Idle connections held, over every backend address.
+    #[cfg(test)]
+    fn idle_count(&self) -> usize {
+        let idle = self.idle.lock().unwrap();
+        idle.iter().map(|(_, c)| c.len()).sum()
+    }
+}
+
+async fn reap(pool: Weak<Pool>) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(15)).await;
+        match pool.upgrade() {
+            Some(pool) => pool.prune(),
+            None => return,
+        }
+    }
+}
+
+impl Conn {
+    /// False when the backend closed the connection or sent something while
+    /// it was idle. Costs no system call unless the reactor saw the socket
+    /// become readable.
+    fn is_open(&self) -> bool {
+        let mut probe = [0u8; 1];
+        match self.io.try_read(&mut probe) {
+            Err(e) => e.kind() == io::ErrorKind::WouldBlock,
+            Ok(_) => false,
+        }
+    }
+
+    async fn write_all(&self, mut head: &[u8], mut body: &[u8]) -> io::Result<()> {
+        while !head.is_empty() || !body.is_empty() {
+            self.io.writable().await?;
+            match self
+                .io
+                .try_write_vectored(&[IoSlice::new(head), IoSlice::new(body)])
+            {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(mut n) => {
+                    let h = n.min(head.len());
+                    head = &head[h..];
+                    n -= h;
+                    body = &body[n..];
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads more bytes into `buf`; 0 means the backend closed.
+    ///
+    /// Through `AsyncRead`, which marks the socket drained after a short
+    /// read, so that the next [`Conn::is_open`] needs no system call.
+    async fn read(&mut self) -> io::Result<usize> {
+        self.buf.reserve(READ_SIZE);
+        self.io.read_buf(&mut self.buf).await
+    }
+
+    fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        self.buf.reserve(READ_SIZE);
+        std::pin::pin!(self.io.read_buf(&mut self.buf)).poll(cx)
+    }
+}
+
+/// Why an exchange failed, and whether it may have failed only because a
+/// pooled connection had gone stale (nothing of an answer was received).
+struct SendError {
+    failure: Failure,
+    stale: bool,
+}
+
+impl SendError {
+    fn io(what: &str, e: io::Error, stale: bool) -> SendError {
+        SendError {
+            failure: Failure::new(Cause::Connect, format!("connection failed: {what}: {e}")),
+            stale,
+        }
+    }
+
+    fn protocol(message: impl Into<String>) -> SendError {
+        SendError {
+            failure: Failure::protocol(message),
+            stale: false,
+        }
+    }
+}
+
+type Exchanged = (Response<()>, Framing, Conn, bool);
+
+/// Writes the request and reads the response head.
+async fn exchange(
+    mut conn: Conn,
+    head: &[u8],
+    body: &[u8],
+    head_request: bool,
+) -> Result<Exchanged, SendError> {
+    if let Err(e) = conn.write_all(head, body).await {
+        // A backend may answer (413, say) and close before reading a large
+        // body: its answer is worth more than the write error.
+        return match read_head(&mut conn, head_request).await {
+            Ok((response, framing, _)) => Ok((response, framing, conn, false)),
+            Err(_) => Err(SendError::io("sending the request", e, true)),
+        };
+    }
+    let (response, framing, keep_alive) = read_head(&mut conn, head_request).await?;
+    Ok((response, framing, conn, keep_alive))
+}
+
+/// Reads and parses the response head, skipping informational answers.
+async fn read_head(
+    conn: &mut Conn,
+    head_request: bool,
+) -> Result<(Response<()>, Framing, bool), SendError> {
+    let mut received = false;
+    loop {
+        if !conn.buf.is_empty() {
+            received = true;
+            match parse_head(&mut conn.buf, head_request)? {
+                Parsed::Informational => continue,
+                Parsed::Head(response, framing, keep_alive) => {
+                    return Ok((response, framing, keep_alive));
+                }
+                Parsed::Partial if conn.buf.len() > MAX_HEAD => {
+                    return Err(SendError::protocol(format!(
+                        "the response head is larger than {MAX_HEAD} bytes"
+                    )));
+                }
+                Parsed::Partial => {}
+            }
+        }
+        match conn.read().await {
+            Ok(0) if received => {
+                return Err(SendError::protocol(
+                    "the backend closed the connection in the middle of the response head",
+                ));
+            }
+            Ok(0) => {
+                return Err(SendError::io(
+                    "reading the response",
+                    io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the backend closed the connection before answering",
+                    ),
+                    true,
+                ));
+            }
+            Ok(_) => {}
+            Err(e) => return Err(SendError::io("reading the response", e, !received)),
+        }
+    }
+}
+
+enum Parsed {
+    Partial,
+    Informational,
+    Head(Response<()>, Framing, bool),
+}
+
+/// Parses a complete head at the start of `buf` and consumes it.
+fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Parsed, SendError> {
+    // Where each header's name and value sit in `buf`.
+    let mut spans = [(0usize, 0usize, 0usize, 0usize); MAX_HEADERS];
+    let (len, code, version, count) = {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut parsed = httparse::Response::new(&mut headers);
+        let len = match parsed.parse(buf) {
+            Ok(httparse::Status::Complete(len)) => len,
+            Ok(httparse::Status::Partial) => return Ok(Parsed::Partial),
+            Err(e) => {
+                return Err(SendError::protocol(format!(
+                    "the backend's response is not HTTP/1: {e}"
+                )));
+            }
+        };
+        let base = buf.as_ptr() as usize;
+        let count = parsed.headers.len();
+        for (span, h) in spans.iter_mut().zip(parsed.headers.iter()) {
+            let name = h.name.as_ptr() as usize - base;
+            let value = h.value.as_ptr() as usize - base;
+            *span = (name, name + h.name.len(), value, value + h.value.len());
+        }
+        let code = parsed.code.unwrap_or(0);
+        (len, code, parsed.version.unwrap_or(1), count)
+    };
+    let status = StatusCode::from_u16(code)
+        .map_err(|_| SendError::protocol(format!("the backend answered status {code}")))?;
+    if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
+        buf.advance(len);
+        return Ok(Parsed::Informational);
+    }
+    let raw = buf.split_to(len).freeze();
+    let mut headers = HeaderMap::with_capacity(count);
+    for &(n0, n1, v0, v1) in &spans[..count] {
+        let name = HeaderName::from_bytes(&raw[n0..n1])
+            .map_err(|_| SendError::protocol("the backend sent an invalid header name"))?;
+        let value = HeaderValue::from_maybe_shared(raw.slice(v0..v1))
+            .map_err(|_| SendError::protocol("the backend sent an invalid header value"))?;
+        headers.append(name, value);
+    }
+
+    let version = if version == 0 {
+        Version::HTTP_10
+    } else {
+        Version::HTTP_11
+    };
+    let mut keep_alive = version == Version::HTTP_11;
+    for value in headers.get_all(CONNECTION) {
+        let value = value.as_bytes();
+        if value
+            .split(|&b| b == b',')
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
+        {
+            keep_alive = false;
+        }
+    }
+    let framing = framing(&headers, status, head_request)?;
+    if matches!(framing, Framing::UntilClose) {
+        keep_alive = false;
+    }
+    let mut response = Response::new(());
+    *response.status_mut() = status;
+    *response.version_mut() = version;
+    *response.headers_mut() = headers;
+    Ok(Parsed::Head(response, framing, keep_alive))
+}
+
+/// How the body of a response is delimited (RFC 9112, section 6.3).
+fn framing(
+    headers: &HeaderMap,
+    status: StatusCode,
+    head_request: bool,
+) -> Result<Framing, SendError> {
+    if head_request
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+        || status.is_informational()
+    {
+        return Ok(Framing::Length(0));
+    }
+    let mut encodings = headers.get_all(TRANSFER_ENCODING).iter().peekable();
+    if encodings.peek().is_some() {
+        let last = encodings
+            .last()
+            .and_then(|v| v.as_bytes().rsplit(|&b| b == b',').next())
+            .map(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        return Ok(if last == Some(true) {
+            Framing::Chunked(Chunked::Size)
+        } else {
+            Framing::UntilClose
+        });
+    }
+    let mut length = None;
+    for value in headers.get_all(CONTENT_LENGTH) {
+        for part in value.as_bytes().split(|&b| b == b',') {
+            let n = std::str::from_utf8(part.trim_ascii())
+                .ok()
+                .and_then(|s| s.parse::<u64>().ok())
+                .ok_or_else(|| SendError::protocol("the backend sent an invalid content-length"))?;
+            if length.is_some_and(|l| l != n) {
+                return Err(SendError::protocol(
+                    "the backend sent conflicting content-length headers",
+                ));
+            }
+            length = Some(n);
+        }
+    }
+    Ok(match length {
+        Some(n) => Framing::Length(n),
+        None => Framing::UntilClose,
+    })
+}
+
+/// The request line and headers. The body always goes with a content-length
+/// (a GET without one has none).
+fn encode_head(parts: &http::request::Parts, body: &Bytes) -> Vec<u8> {
+    let path = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .filter(|p| !p.is_empty())
+        .unwrap_or("/");
+    let size: usize = parts
+        .headers
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + 4)
+        .sum();
+    let mut head = Vec::with_capacity(64 + path.len() + size);
+    head.extend_from_slice(parts.method.as_str().as_bytes());
+    head.push(b' ');
+    head.extend_from_slice(path.as_bytes());
+    head.extend_from_slice(b" HTTP/1.1\r\n");
+    if !parts.headers.contains_key(HOST) {
+        let authority = parts.uri.authority().map(|a| a.as_str()).unwrap_or("");
+        let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+        head.extend_from_slice(b"host: ");
+        head.extend_from_slice(host.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    for (name, value) in &parts.headers {
+        if name == CONTENT_LENGTH || name == TRANSFER_ENCODING || name == CONNECTION {
+            continue;
+        }
+        head.extend_from_slice(name.as_str().as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    let bodiless = matches!(parts.method, Method::GET | Method::HEAD | Method::DELETE);
+    if !(bodiless && body.is_empty()) {
+        head.extend_from_slice(b"content-length: ");
+        head.extend_from_slice(body.len().to_string().as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    head.extend_from_slice(b"\r\n");
+    head
+}
+
+/// How much of the body is still to come.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    Length(u64),
+    Chunked(Chunked),
+    UntilClose,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Chunked {
+    /// Before a chunk-size line.
+    Size,
+    /// Inside a chunk, this many bytes left.
+    Data(u64),
+    /// The CRLF after a chunk's data.
+    DataEnd,
+    /// After the last chunk: trailer lines until an empty one.
+    Trailers,
+    Done,
+}
+
+/// A response body read straight from the backend's connection.
+pub struct Body {
+    /// `None` once the body ended (the connection went back to the pool or
+    /// was closed).
+    conn: Option<Conn>,
+    framing: Framing,
+    keep_alive: bool,
+    pool: Weak<Pool>,
+    key: Box<str>,
+}
+
+impl std::fmt::Debug for Body {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("h1::Body")
+            .field("framing", &self.framing)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Body {
+    fn done(&self) -> bool {
+        matches!(
+            self.framing,
+            Framing::Length(0) | Framing::Chunked(Chunked::Done)
+        )
+    }
+
+    /// Once the body is complete, the connection is reusable if the backend
+    /// allows it and sent nothing beyond the response.
+    fn finish_if_done(&mut self) {
+        if !self.done() {
+            return;
+        }
+        if let Some(conn) = self.conn.take()
+            && self.keep_alive
+            && conn.buf.is_empty()
+            && let Some(pool) = self.pool.upgrade()
+        {
+            pool.checkin(&self.key, conn);
+        }
+    }
+
+    /// The next piece of body already in the buffer, if any; advances the framing.
+    fn next_data(&mut self) -> Result<Option<Bytes>, io::Error> {
+        let Some(conn) = self.conn.as_mut() else {
+            return Ok(None);
+        };
+        let buf = &mut conn.buf;
+        loop {
+            if buf.is_empty() {
+                return Ok(None);
+            }
+            match &mut self.framing {
+                Framing::Length(0) | Framing::Chunked(Chunked::Done) => return Ok(None),
+                Framing::Length(left) => {
+                    let n = (*left).min(buf.len() as u64);
+                    *left -= n;
+                    return Ok(Some(buf.split_to(n as usize).freeze()));
+                }
+                Framing::UntilClose => return Ok(Some(buf.split().freeze())),
+                Framing::Chunked(state) => match *state {
+                    Chunked::Data(left) => {
+                        let n = left.min(buf.len() as u64);
+                        *state = if n == left {
+                            Chunked::DataEnd
+                        } else {
+                            Chunked::Data(left - n)
+                        };
+                        return Ok(Some(buf.split_to(n as usize).freeze()));
+                    }
+                    Chunked::Size => {
+                        let Some(line) = take_line(buf)? else {
+                            return Ok(None);
+                        };
+                        let size = chunk_size(&line)?;
+                        *state = if size == 0 {
+                            Chunked::Trailers
+                        } else {
+                            Chunked::Data(size)
+                        };
+                    }
+                    Chunked::DataEnd => {
+                        if buf.len() < 2 {
+                            return Ok(None);
+                        }
+                        if &buf[..2] != b"\r\n" {
+                            return Err(invalid("a chunk does not end with CRLF"));
+                        }
+                        buf.advance(2);
+                        *state = Chunked::Size;
+                    }
+                    Chunked::Trailers => {
+                        let Some(line) = take_line(buf)? else {
+                            return Ok(None);
+                        };
+                        if line.is_empty() {
+                            *state = Chunked::Done;
+                        }
+                    }
+                    Chunked::Done => return Ok(None),
+                },
+            }
+        }
+    }
+}
+
+fn invalid(message: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, message.to_string())
+}
+
+/// One CRLF-terminated line, without its CRLF, if the buffer holds one.
+fn take_line(buf: &mut BytesMut) -> io::Result<Option<BytesMut>> {
+    match memchr::memchr(b'\n', buf) {
+        Some(end) => {
+            let mut line = buf.split_to(end + 1);
+            line.truncate(end);
+            if line.last() == Some(&b'\r') {
+                line.truncate(end - 1);
+            }
+            Ok(Some(line))
+        }
+        None if buf.len() > MAX_CHUNK_LINE => Err(invalid("a chunk-size line is too long")),
+        None => Ok(None),
+    }
+}
+
+/// The hexadecimal size at the start of a chunk-size line (extensions ignored).
+fn chunk_size(line: &[u8]) -> io::Result<u64> {
+    let digits = line
+        .split(|&b| b == b';')
+        .next()
+        .unwrap_or_default()
+        .trim_ascii();
+    if digits.is_empty() || digits.len() > 15 {
+        return Err(invalid("a chunk size is not a hexadecimal number"));
+    }
+    let mut size = 0u64;
+    for &d in digits {
+        let v = match d {
+            b'0'..=b'9' => d - b'0',
+            b'a'..=b'f' => d - b'a' + 10,
+            b'A'..=b'F' => d - b'A' + 10,
+            _ => return Err(invalid("a chunk size is not a hexadecimal number")),
+        };
+        size = size * 16 + u64::from(v);
+    }
+    Ok(size)
+}
+
+impl http_body::Body for Body {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        let this = self.get_mut();
+        loop {
+            match this.next_data() {
+                Ok(Some(data)) => {
+                    this.finish_if_done();
+                    if data.is_empty() {
+                        continue;
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Ok(None) if this.done() => {
+                    this.finish_if_done();
+                    return Poll::Ready(None);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    this.conn = None;
+                    return Poll::Ready(Some(Err(e)));
+                }
+            }
+            let Some(conn) = this.conn.as_mut() else {
+                return Poll::Ready(None);
+            };
+            match ready!(conn.poll_read(cx)) {
+                Ok(0) if this.framing == Framing::UntilClose => {
+                    this.conn = None;
+                    return Poll::Ready(None);
+                }
+                Ok(0) => {
+                    this.conn = None;
+                    return Poll::Ready(Some(Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the backend closed the connection before the body was complete",
+                    ))));
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    this.conn = None;
+                    return Poll::Ready(Some(Err(e)));
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.conn.is_none() || self.done()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.framing {
+            Framing::Length(n) => SizeHint::with_exact(n),
+            _ => SizeHint::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body::Body as _;
+    use http_body_util::BodyExt;
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpListener;
+
+    /// Reads one request (head and content-length body) from `io`.
+    async fn read_request(io: &mut TcpStream) -> Option<String> {
+        let mut buf = Vec::new();
+        loop {
+            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+                let length = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length: "))
+                    .map_or(0, |n| n.parse::<usize>().unwrap());
+                if buf.len() >= end + 4 + length {
+                    return Some(String::from_utf8_lossy(&buf).into_owned());
+                }
+            }
+            let mut chunk = [0u8; 1024];
+            match io.read(&mut chunk).await {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+
+    /// A backend that answers each connection's requests with the given
+    /// byte pieces (written one by one), then closes the connection when
+    /// `close` says so. Returns its address and the requests it saw, with
+    /// the index of the connection each arrived on.
+    async fn backend(
+        answers: Vec<(Vec<&'static [u8]>, bool)>,
+    ) -> (
+        String,
+        tokio::sync::mpsc::UnboundedReceiver<(usize, String)>,
+    ) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut answers = answers.into_iter();
+            let mut connection = 0;
+            'accept: loop {
+                let Ok((mut io, _)) = listener.accept().await else {
+                    return;
+                };
+                connection += 1;
+                loop {
+                    let Some(request) = read_request(&mut io).await else {
+                        continue 'accept;
+                    };
+                    let _ = tx.send((connection, request));
+                    let Some((pieces, close)) = answers.next() else {
+                        return;
+                    };
+                    for piece in pieces {
+                        io.write_all(piece).await.unwrap();
+                        io.flush().await.unwrap();
+                        tokio::task::yield_now().await;
+                    }
+                    if close {
+                        continue 'accept;
+                    }
+                }
+            }
+        });
+        (address, rx)
+    }
+
+    fn post(address: &str, body: &'static str) -> Request<Bytes> {
+        Request::post(format!("http://{address}/v1/chat/completions"))
+            .header("authorization", "Bearer k")
+            .body(Bytes::from_static(body.as_bytes()))
+            .unwrap()
+    }
+
+    async fn text(response: Response<Body>) -> Result<String, io::Error> {
+        let bytes = response.into_body().collect().await?.to_bytes();
+        Ok(String::from_utf8(bytes.to_vec()).unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_kept_alive_connection_carries_the_next_request() {
+        let (address, mut seen) = backend(vec![
+            (
+                vec![
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\nx-a: 1\r\n\r\nhe",
+                    b"llo",
+                ],
+                false,
+            ),
+            (
+                vec![b"HTTP/1.1 201 Created\r\ncontent-length: 2\r\n\r\nok"],
+                false,
+            ),
+        ])
+        .await;
+        let pool = Pool::new(Duration::from_secs(1));
+        let response = pool.send(post(&address, "{\"a\":1}")).await.unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.headers()["x-a"], "1");
+        assert_eq!(text(response).await.unwrap(), "hello");
+        assert_eq!(pool.idle_count(), 1);
+        let response = pool.send(post(&address, "{}")).await.unwrap();
+        assert_eq!(response.status(), 201);
+        assert_eq!(text(response).await.unwrap(), "ok");
+
+        let (first, request) = seen.recv().await.unwrap();
+        assert!(
+            request.starts_with("POST /v1/chat/completions HTTP/1.1\r\n"),
+            "{request}"
+        );
+        assert!(
+            request.contains(&format!("host: {address}\r\n")),
+            "{request}"
+        );
+        assert!(request.contains("authorization: Bearer k\r\n"), "{request}");
+        assert!(
+            request.ends_with("content-length: 7\r\n\r\n{\"a\":1}"),
+            "{request}"
+        );
+        let (second, _) = seen.recv().await.unwrap();
+        assert_eq!(first, second, "the second request reused the connection");
+    }
+
+    #[tokio::test]
+    async fn chunked_bodies_are_decoded_across_any_read_boundary() {
+        let (address, mut seen) = backend(vec![
+            (
+                vec![
+                    b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n6;ext=1\r\nda",
+                    b"ta: \r",
+                    b"\n1",
+                    b"0\r\n0123456789abcdef\r\n0\r\nx-trailer: t\r\n",
+                    b"\r\n",
+                ],
+                false,
+            ),
+            (vec![b"HTTP/1.1 204 No Content\r\n\r\n"], false),
+        ])
+        .await;
+        let pool = Pool::new(Duration::from_secs(1));
+        let response = pool.send(post(&address, "{}")).await.unwrap();
+        assert_eq!(text(response).await.unwrap(), "data: 0123456789abcdef");
+        assert_eq!(
+            pool.idle_count(),
+            1,
+            "a complete chunked body frees the connection"
+        );
+        let response = pool.send(post(&address, "{}")).await.unwrap();
+        assert_eq!(response.status(), 204);
+        assert!(response.body().is_end_stream());
+        assert_eq!(pool.idle_count(), 1);
+        let (a, _) = seen.recv().await.unwrap();
+        let (b, _) = seen.recv().await.unwrap();
+        assert_eq!(a, b);
+    }
+
+    #[tokio::test]
+    async fn informational_answers_are_skipped() {
+        let (address, _seen) = backend(vec![(
+            vec![b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nhi"],
+            false,
+        )])
+        .await;
+        let pool = Pool::new(Duration::from_secs(1));
+        let response = pool.send(post(&address, "{}")).await.unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(text(response).await.unwrap(), "hi");
+    }
+
+    #[tokio::test]
+    async fn connection_close_and_bodies_until_close_are_not_pooled() {
+        let (address, _seen) = backend(vec![
+            (
+                vec![b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 1\r\n\r\na"],
+                true,
+            ),
+            (vec![b"HTTP/1.1 200 OK\r\n\r\nuntil ", b"the end"], true),
+            (vec![b"HTTP/1.0 200 OK\r\ncontent-length: 1\r\n\r\nb"], true),
+        ])
+        .await;
+        let pool = Pool::new(Duration::from_secs(1));
+        let response = pool.send(post(&address, "{}")).await.unwrap();
+        assert_eq!(text(response).await.unwrap(), "a");
+        assert_eq!(pool.idle_count(), 0);
+        let response = pool.send(post(&address, "{}")).await.unwrap();
+        assert_eq!(text(response).await.unwrap(), "until the end");
+        assert_eq!(pool.idle_count(), 0);
+        let response = pool.send(post(&address, "{}")).await.unwrap();
+        assert_eq!(response.version(), Version::HTTP_10);
+        assert_eq!(text(response).await.unwrap(), "b");
+        assert_eq!(pool.idle_count(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_backend_closed_while_idle_is_replaced() {
+        // The backend closes each connection after answering, without saying so.
+        let (address, mut seen) = backend(vec![
+            (vec![b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\n1"], true),
+            (vec![b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\n2"], true),
+        ])
+        .await;
+        let pool = Pool::new(Duration::from_secs(1));
+        let response = pool.send(post(&address, "{}")).await.unwrap();
+        assert_eq!(text(response).await.unwrap(), "1");
+        assert_eq!(pool.idle_count(), 1);
+        let response = pool.send(post(&address, "{}")).await.unwrap();
+        assert_eq!(text(response).await.unwrap(), "2");
+        assert_eq!(seen.recv().await.unwrap().0, 1);
+        assert_eq!(seen.recv().await.unwrap().0, 2);
+    }
+
+    #[tokio::test]
+    async fn a_body_cut_short_is_an_error_and_a_dropped_body_closes_its_connection() {
+        let (address, _seen) = backend(vec![
+            (
+                vec![b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nshort"],
+                true,
+            ),
+            (
+                vec![b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n"],
+                false,
+            ),
+        ])
+        .await;
+        let pool = Pool::new(Duration::from_secs(1));
+        let response = pool.send(post(&address, "{}")).await.unwrap();
+        let e = text(response).await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof);
+
+        let response = pool.send(post(&address, "{}")).await.unwrap();
+        let mut body = response.into_body();
+        let frame = body.frame().await.unwrap().unwrap();
+        assert_eq!(frame.into_data().unwrap(), "abc");
+        drop(body);
+        assert_eq!(
+            pool.idle_count(),
+            0,
+            "a body not read to the end is never reused"
+        );
+    }
+
+    #[tokio::test]
+    async fn what_is_not_http_is_a_protocol_failure() {
+        let (address, _seen) = backend(vec![
+            (vec![b"SSH-2.0-OpenSSH\r\n\r\n"], true),
+            (
+                vec![b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\nab"],
+                true,
+            ),
+            (
+                vec![b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n"],
+                true,
+            ),
+        ])
+        .await;
+        let pool = Pool::new(Duration::from_secs(1));
+        let e = pool.send(post(&address, "{}")).await.unwrap_err();
+        assert_eq!(e.cause, Cause::Protocol, "{}", e.message);
+        let e = pool.send(post(&address, "{}")).await.unwrap_err();
+        assert!(
+            e.message.contains("conflicting content-length"),
+            "{}",
+            e.message
+        );
+        let response = pool.send(post(&address, "{}")).await.unwrap();
+        let e = text(response).await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_is_a_connect_failure() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        drop(listener);
+        let pool = Pool::new(Duration::from_secs(1));
+        let e = pool.send(post(&address, "{}")).await.unwrap_err();
+        assert_eq!(e.cause, Cause::Connect);
+        assert!(e.message.starts_with("cannot connect"), "{}", e.message);
+    }
+
+    #[test]
+    fn gets_carry_no_content_length_and_hosts_drop_user_info() {
+        let request = Request::get("http://user:pw@backend:8000/v1/models?x=1")
+            .body(Bytes::new())
+            .unwrap();
+        let (parts, body) = request.into_parts();
+        let head = String::from_utf8(encode_head(&parts, &body)).unwrap();
+        assert_eq!(
+            head,
+            "GET /v1/models?x=1 HTTP/1.1\r\nhost: backend:8000\r\n\r\n"
+        );
+    }
+}
