@@ -87,7 +87,9 @@ impl Pool {
 
     /// Sends one request and reads the response head. A request that fails
     /// on a reused connection before any byte of an answer (the backend had
-    /// closed it while idle) is sent once more on a new connection.
+    /// closed it while idle) is sent once more, on a new connection; the
+    /// other idle connections to that backend are closed with it, since a
+    /// backend that restarted left them all dead.
     pub async fn send(
         self: &Arc<Self>,
         request: Request<Bytes>,
@@ -120,7 +122,10 @@ impl Pool {
                     body.finish_if_done();
                     return Ok(response.map(|()| body));
                 }
-                Err(e) if e.stale && pooled => continue,
+                Err(e) if e.stale && pooled => {
+                    self.forget(key);
+                    pooled = false;
+                }
                 Err(e) => return Err(e.failure),
             }
         }
@@ -191,6 +196,11 @@ impl Pool {
             conns.pop_front();
         }
         conns.push_back(Idle { conn, since: now });
+    }
+
+    fn forget(&self, key: &str) {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        idle.retain(|(k, _)| &**k != key);
     }
 
     /// Closes idle connections that expired or that the backend closed.
@@ -613,10 +623,11 @@ impl Body {
                         return Ok(Some(buf.split_to(n as usize).freeze()));
                     }
                     Chunked::Size => {
-                        let Some(line) = take_line(buf)? else {
+                        let Some((len, used)) = line(buf)? else {
                             return Ok(None);
                         };
-                        let size = chunk_size(&line)?;
+                        let size = chunk_size(&buf[..len])?;
+                        buf.advance(used);
                         *state = if size == 0 {
                             Chunked::Trailers
                         } else {
@@ -634,10 +645,11 @@ impl Body {
                         *state = Chunked::Size;
                     }
                     Chunked::Trailers => {
-                        let Some(line) = take_line(buf)? else {
+                        let Some((len, used)) = line(buf)? else {
                             return Ok(None);
                         };
-                        if line.is_empty() {
+                        buf.advance(used);
+                        if len == 0 {
                             *state = Chunked::Done;
                         }
                     }
@@ -652,16 +664,17 @@ fn invalid(message: &str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, message.to_string())
 }
 
-/// One CRLF-terminated line, without its CRLF, if the buffer holds one.
-fn take_line(buf: &mut BytesMut) -> io::Result<Option<BytesMut>> {
+/// The first line in `buf`, if it is complete: its length without the line
+/// end, and with it.
+fn line(buf: &[u8]) -> io::Result<Option<(usize, usize)>> {
     match memchr::memchr(b'\n', buf) {
         Some(end) => {
-            let mut line = buf.split_to(end + 1);
-            line.truncate(end);
-            if line.last() == Some(&b'\r') {
-                line.truncate(end - 1);
-            }
-            Ok(Some(line))
+            let len = if end > 0 && buf[end - 1] == b'\r' {
+                end - 1
+            } else {
+                end
+            };
+            Ok(Some((len, end + 1)))
         }
         None if buf.len() > MAX_CHUNK_LINE => Err(invalid("a chunk-size line is too long")),
         None => Ok(None),
@@ -970,6 +983,42 @@ mod tests {
         assert_eq!(text(response).await.unwrap(), "2");
         assert_eq!(seen.recv().await.unwrap().0, 1);
         assert_eq!(seen.recv().await.unwrap().0, 2);
+    }
+
+    #[tokio::test]
+    async fn a_reused_connection_that_closes_unanswered_is_retried_once_on_a_new_one() {
+        let (address, mut seen) = backend(vec![
+            (
+                vec![b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\n1"],
+                false,
+            ),
+            // The second request meets a connection the backend is closing.
+            (vec![], true),
+            (
+                vec![b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\n2"],
+                false,
+            ),
+            // A new connection that closes unanswered is the backend's failure.
+            (vec![], true),
+        ])
+        .await;
+        let pool = Pool::new(Duration::from_secs(1));
+        let response = pool.send(post(&address, "{}")).await.unwrap();
+        assert_eq!(text(response).await.unwrap(), "1");
+        let response = pool.send(post(&address, "{}")).await.unwrap();
+        assert_eq!(text(response).await.unwrap(), "2");
+        let connections: Vec<usize> = [(); 3].iter().map(|_| seen.try_recv().unwrap().0).collect();
+        assert_eq!(connections, [1, 1, 2]);
+
+        pool.forget(&address);
+        let e = pool.send(post(&address, "{}")).await.unwrap_err();
+        assert_eq!(e.cause, Cause::Connect);
+        assert!(e.message.contains("before answering"), "{}", e.message);
+        assert_eq!(seen.recv().await.unwrap().0, 3);
+        assert!(
+            seen.try_recv().is_err(),
+            "a fresh connection is not retried"
+        );
     }
 
     #[tokio::test]
