@@ -185,9 +185,11 @@ impl Registry {
                     (p.clone(), states)
                 })
                 .collect();
-            shared
-                .health
-                .start_checks(&checked, snapshot.routing.cooldown_for);
+            shared.health.start_checks(
+                &checked,
+                snapshot.routing.cooldown_after,
+                snapshot.routing.cooldown_for,
+            );
             shared
                 .discovery
                 .start(snapshot.providers.values().cloned().collect());

@@ -223,14 +223,14 @@ async fn try_target(attempt: Attempt, metrics: &Metrics) -> Result<Response<Body
                 // The client's request was bad: the target itself is fine.
                 c if c.is_client_error() => state.success(),
                 Cause::Status(s) if matches!(s.as_u16(), 401 | 403) => {
-                    state.cool_down(routing.cooldown_for, "rejected the gateway's credentials")
+                    state.hold_off(routing.cooldown_for, "rejected the gateway's credentials")
                 }
                 // Any status that asks for longer than we would wait (a 429
                 // quota, a 503 in maintenance): out of rotation for that long.
                 Cause::Status(_)
                     if failure.retry_after.is_some_and(|a| a > routing.backoff_max) =>
                 {
-                    state.cool_down(
+                    state.hold_off(
                         failure.retry_after.unwrap_or_default(),
                         "asked to retry later",
                     )

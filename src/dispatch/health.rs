@@ -75,6 +75,9 @@ pub struct TargetState {
     failures: AtomicU32,
     /// When the cooldown ends (nanoseconds past `ORIGIN`, plus one); 0: none.
     cooldown_until: AtomicU64,
+    /// The cooldown was asked for (401/403, a long `retry-after`), not earned
+    /// by failures: a passing health check does not end it early.
+    firm: AtomicBool,
     probing: AtomicBool,
     gauge: prometheus::IntGauge,
 }
@@ -106,6 +109,7 @@ impl TargetState {
             inflight: AtomicU32::new(0),
             failures: AtomicU32::new(0),
             cooldown_until: AtomicU64::new(0),
+            firm: AtomicBool::new(false),
             probing: AtomicBool::new(false),
             gauge,
         }
@@ -156,6 +160,7 @@ impl TargetState {
     /// A good answer: back in rotation, failure count cleared.
     pub fn success(&self) {
         self.failures.store(0, Ordering::Relaxed);
+        self.firm.store(false, Ordering::Release);
         if self.cooldown_until.swap(0, Ordering::AcqRel) != 0 {
             tracing::info!(provider = %self.provider, model = %self.model, "target back in rotation");
         }
@@ -167,14 +172,39 @@ impl TargetState {
         let failures = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
         let probing = self.probing.load(Ordering::Acquire);
         if failures >= after.max(1) || probing {
-            self.cool_down(duration, "failures in a row");
+            self.take_out(duration, "failures in a row", false);
         }
     }
 
-    /// Takes the target out of rotation for `duration`.
-    pub fn cool_down(&self, duration: Duration, why: &str) {
-        let until = Instant::now() + duration;
-        let previous = self.cooldown_until.swap(to_nanos(until), Ordering::AcqRel);
+    /// A passing health check: the failure count is cleared and a cooldown
+    /// that failures earned ends, but one the backend asked for (its
+    /// credentials were refused, or it said when to come back) runs its time.
+    pub fn check_passed(&self, now: Instant) {
+        let until = self.cooldown_until.load(Ordering::Acquire);
+        let asked_for = until != 0
+            && self.firm.load(Ordering::Acquire)
+            && now < *ORIGIN + Duration::from_nanos(until - 1);
+        if asked_for {
+            self.failures.store(0, Ordering::Relaxed);
+        } else {
+            self.success();
+        }
+    }
+
+    /// Takes the target out of rotation for `duration` because the backend
+    /// asked for it (see [`TargetState::check_passed`]).
+    pub fn hold_off(&self, duration: Duration, why: &str) {
+        self.take_out(duration, why, true);
+    }
+
+    /// Out of rotation until `duration` from now, unless a longer cooldown
+    /// already runs: a cooldown is never cut short by a shorter one.
+    fn take_out(&self, duration: Duration, why: &str, firm: bool) {
+        let until = to_nanos(Instant::now() + duration);
+        let previous = self.cooldown_until.fetch_max(until, Ordering::AcqRel);
+        if until >= previous {
+            self.firm.store(firm, Ordering::Release);
+        }
         self.gauge.set(0);
         if previous == 0 {
             tracing::warn!(
@@ -247,9 +277,13 @@ impl HealthTable {
     }
 
     /// Replaces the active health checks with those of `providers`.
+    /// Starts one check task per provider with `health_check`; a failing
+    /// check counts as a failure of each of its targets, `after` of them in a
+    /// row cool a target down for `cooldown`.
     pub fn start_checks(
         &self,
         providers: &[(Arc<Provider>, Vec<Arc<TargetState>>)],
+        after: u32,
         cooldown: Duration,
     ) {
         let mut checks = self.checks.lock().unwrap_or_else(|p| p.into_inner());
@@ -260,7 +294,9 @@ impl HealthTable {
             if let Some(check) = provider.health_check.clone() {
                 let provider = provider.clone();
                 let targets = targets.clone();
-                checks.push(tokio::spawn(run_check(provider, check, targets, cooldown)));
+                checks.push(tokio::spawn(run_check(
+                    provider, check, targets, after, cooldown,
+                )));
             }
         }
     }
@@ -278,6 +314,7 @@ async fn run_check(
     provider: Arc<Provider>,
     check: HealthCheck,
     targets: Vec<Arc<TargetState>>,
+    after: u32,
     cooldown: Duration,
 ) {
     let mut ticks = tokio::time::interval(check.interval);
@@ -288,14 +325,16 @@ async fn run_check(
         let outcome = tokio::time::timeout(check.timeout, provider.transport.send(request)).await;
         let passed = matches!(&outcome, Ok(Ok(r)) if r.status().is_success());
         if passed {
-            targets.iter().for_each(|t| t.success());
+            let now = Instant::now();
+            targets.iter().for_each(|t| t.check_passed(now));
         } else {
             let why = match &outcome {
                 Ok(Ok(r)) => format!("health check answered {}", r.status().as_u16()),
                 Ok(Err(f)) => format!("health check failed: {}", f.message),
                 Err(_) => "health check timed out".to_owned(),
             };
-            targets.iter().for_each(|t| t.cool_down(cooldown, &why));
+            tracing::debug!(provider = %provider.id, why, "health check failed");
+            targets.iter().for_each(|t| t.failure(after, cooldown));
         }
     }
 }
@@ -352,6 +391,53 @@ mod tests {
         assert_eq!(
             metrics.target_healthy.with_label_values(&["p", "m"]).get(),
             1
+        );
+    }
+
+    #[test]
+    fn a_passing_check_ends_earned_cooldowns_but_not_asked_for_ones() {
+        let metrics = Metrics::new();
+        let t = TargetState::new("p".into(), "m".into(), &metrics);
+        t.failure(1, Duration::from_secs(30));
+        assert!(matches!(
+            t.availability(Instant::now()),
+            Availability::Cooling(_)
+        ));
+        t.check_passed(Instant::now());
+        assert_eq!(t.availability(Instant::now()), Availability::Healthy);
+
+        t.hold_off(Duration::from_secs(30), "asked to retry later");
+        t.check_passed(Instant::now());
+        assert!(
+            matches!(t.availability(Instant::now()), Availability::Cooling(_)),
+            "a retry-after outlasts a passing health check"
+        );
+        // Once its time is up, a passing check brings the target back.
+        t.check_passed(Instant::now() + Duration::from_secs(31));
+        assert_eq!(t.availability(Instant::now()), Availability::Healthy);
+
+        // A shorter earned cooldown does not cut an asked-for one short.
+        t.hold_off(Duration::from_secs(600), "asked to retry later");
+        t.failure(1, Duration::from_secs(30));
+        t.check_passed(Instant::now() + Duration::from_secs(31));
+        assert!(matches!(
+            t.availability(Instant::now() + Duration::from_secs(31)),
+            Availability::Cooling(_)
+        ));
+
+        // A real answer (the probe) ends any cooldown.
+        t.hold_off(
+            Duration::from_secs(30),
+            "rejected the gateway's credentials",
+        );
+        t.success();
+        assert_eq!(t.availability(Instant::now()), Availability::Healthy);
+        t.failure(1, Duration::from_secs(30));
+        t.check_passed(Instant::now());
+        assert_eq!(
+            t.availability(Instant::now()),
+            Availability::Healthy,
+            "success cleared the asked-for mark"
         );
     }
 }
