@@ -7,14 +7,17 @@ use support::mock::{Plan, Step};
 use support::{Client, Gateway, Mock, chat};
 
 fn config(mock: &Mock) -> String {
+    config_at(&mock.url("/v1"))
+}
+
+fn config_at(base: &str) -> String {
     format!(
         "auth: {{required: false}}\n\
          limits: {{max_request_body: 4KiB, max_header_bytes: 8KiB}}\n\
          providers:\n\
          \x20 p:\n    type: openai\n    base_url: {base}\n    api_key: sk-provider-SECRET-42\n    timeouts: {{first_byte: 300ms}}\n\
          \x20 dead:\n    type: openai\n    base_url: http://127.0.0.1:1/v1\n\
-         models:\n  m: {{targets: [{{provider: p, model: x}}]}}\n  down: {{targets: [{{provider: dead, model: x}}]}}\n",
-        base = mock.url("/v1")
+         models:\n  m: {{targets: [{{provider: p, model: x}}]}}\n  down: {{targets: [{{provider: dead, model: x}}]}}\n"
     )
 }
 
@@ -229,4 +232,61 @@ async fn a_backend_that_sends_garbage_is_502() {
         .post(&gw.url("/v1/chat/completions"), &[], chat("m", false))
         .await;
     reply.assert_error(502, "upstream_error", Some("upstream_error"));
+}
+
+/// A backend on a bare socket: reads each request whole, writes `answer`
+/// and closes the connection.
+async fn bare_backend(answer: &'static [u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut io, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut request = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    if let Some(end) = request.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&request[..end]).to_lowercase();
+                        let length: usize = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length: "))
+                            .map_or(0, |n| n.trim().parse().unwrap());
+                        if request.len() >= end + 4 + length {
+                            break;
+                        }
+                    }
+                    match io.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => request.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let _ = io.write_all(answer).await;
+            });
+        }
+    });
+    format!("http://{address}/v1")
+}
+
+#[tokio::test]
+async fn a_backend_that_breaks_http_is_502_naming_the_provider() {
+    for answer in [
+        // Not HTTP at all.
+        &b"SSH-2.0-OpenSSH_9.6\r\n\r\n"[..],
+        // Closed before the body it announced.
+        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 500\r\n\r\n{\"id\":",
+        // Closed before answering.
+        b"",
+        // A chunked body that breaks its framing.
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n",
+    ] {
+        let base = bare_backend(answer).await;
+        let gw = Gateway::start(&config_at(&base));
+        let reply = Client::new()
+            .post(&gw.url("/v1/chat/completions"), &[], chat("m", false))
+            .await;
+        reply.assert_error(502, "upstream_error", Some("upstream_error"));
+        assert!(reply.text().contains("provider p"), "{}", reply.text());
+        assert!(!reply.text().contains("SECRET"), "{}", reply.text());
+    }
 }
