@@ -394,6 +394,25 @@ mod tests {
     use super::*;
     use crate::upstream::Cause;
 
+    #[test]
+    fn usage_counts_are_read_past_nested_details() {
+        let usage = br#"{"prompt_tokens":24,"completion_tokens":19,"total_tokens":43,
+            "prompt_tokens_details":{"cached_tokens":3,"audio_tokens":null},
+            "completion_tokens_details":{"reasoning_tokens":0}}"#;
+        assert_eq!(parse_usage(usage), Some(Usage::new(24, 19)));
+        assert_eq!(
+            parse_usage(br#"{"completion_tokens": 5}"#),
+            Some(Usage {
+                prompt_tokens: 0,
+                completion_tokens: 5,
+                total_tokens: 0
+            })
+        );
+        assert_eq!(parse_usage(b"null"), None);
+        assert_eq!(parse_usage(br#"{"prompt_tokens":1.5}"#), None);
+        assert_eq!(parse_usage(br#"{"prompt_tokens":-1}"#), None);
+    }
+
     fn relay(input: &[&str]) -> (String, Result<(), Failure>, Option<Usage>) {
         let mut d = PassthroughStream::new(json_string("alias"));
         let mut out = BytesMut::new();
