@@ -986,6 +986,28 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn idle_connections_the_backend_closed_are_pruned() {
+        let (address, _seen) = backend(vec![(
+            vec![b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\n1"],
+            true,
+        )])
+        .await;
+        let pool = Pool::new(Duration::from_secs(1));
+        let response = pool.send(post(&address, "{}")).await.unwrap();
+        assert_eq!(text(response).await.unwrap(), "1");
+        assert_eq!(pool.idle_count(), 1);
+        // The close reaches the reactor on one of its next turns.
+        for _ in 0..2000 {
+            pool.prune();
+            if pool.idle_count() == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert_eq!(pool.idle_count(), 0);
+    }
+
+    #[tokio::test]
     async fn a_reused_connection_that_closes_unanswered_is_retried_once_on_a_new_one() {
         let (address, mut seen) = backend(vec![
             (
