@@ -699,8 +699,9 @@ impl Ticket {
         &self.headers
     }
 
-    /// Settles with what the request really used (`None`: unknown), in the
-    /// background; the handle says when the store has it.
+    /// Settles with what the request really used (`None`: unknown): at once
+    /// in the memory store, in the background for Redis (the handle says
+    /// when the store has it).
     pub fn settle(mut self, usage: Option<Usage>) -> Option<tokio::task::JoinHandle<()>> {
         self.finish(usage)
     }
@@ -743,6 +744,11 @@ impl Ticket {
             return None;
         }
         let now = settle.clock.now_ms();
+        if let Store::Memory(memory) = &*settle.store {
+            // A lock and a few map updates: cheaper than a task.
+            memory.settle(now, &charges);
+            return None;
+        }
         let (store, timeout, metrics) = (settle.store, settle.timeout, settle.metrics);
         let apply = async move {
             let error = match tokio::time::timeout(timeout, store.settle(now, &charges)).await {
