@@ -25,6 +25,8 @@ pub struct Key {
     /// Model names this key may use; `None` means all.
     pub models: Option<GlobSet>,
     pub limits: crate::limits::LimitSpec,
+    /// Where `limits` are counted in the limit store.
+    pub limit_keys: crate::limits::RuleKeys,
     pub budgets: Vec<crate::limits::BudgetSpec>,
 }
 
@@ -181,6 +183,7 @@ mod tests {
             digest: parse_digest(&digest_hex("sk-good")).unwrap(),
             models: None,
             limits: Default::default(),
+            limit_keys: crate::limits::RuleKeys::new("key:team"),
             budgets: Vec::new(),
         };
         KeyTable::new(vec![Arc::new(key)], required)

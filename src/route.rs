@@ -37,6 +37,8 @@ pub struct Alias {
     pub budget: Arc<TpsBudget>,
     /// Limits of the alias, whoever calls.
     pub limits: crate::limits::LimitSpec,
+    /// Where `limits` are counted in the limit store.
+    pub limit_keys: crate::limits::RuleKeys,
     /// Price per million tokens, for cost budgets.
     pub price: Option<crate::limits::Price>,
 }

@@ -14,7 +14,7 @@ use crate::adapter::{self, AuthStyle};
 use crate::auth::{self, Key, KeyTable};
 use crate::dispatch::health::HealthCheck;
 use crate::dispatch::retry::{RetryBudget, Routing};
-use crate::limits::{Amount, BudgetSpec, LimitSpec, OnStoreError, Period, Policy};
+use crate::limits::{Amount, BudgetSpec, LimitSpec, OnStoreError, Period, Policy, RuleKeys};
 use crate::provider::Provider;
 use crate::registry::{Settings, Shared, Snapshot};
 use crate::route::{self, Alias, Aliases, Target};
@@ -113,6 +113,7 @@ pub fn compile(raw: raw::Config, shared: &Shared) -> Result<Snapshot, Vec<Proble
         }
         let alias = Arc::new(Alias {
             limits: limit_spec(&m.limits, &path.key("limits"), &mut problems),
+            limit_keys: RuleKeys::new(&format!("alias:{alias_name}")),
             price,
             budget: shared.budgets.budget(&alias_name, routing.budget),
             name: alias_name,
@@ -378,6 +379,7 @@ fn keys(raw: &raw::Config, problems: &mut Vec<Problem>) -> Vec<Arc<Key>> {
             digest,
             models,
             limits: limit_spec(&k.limits, &path.key("limits"), problems),
+            limit_keys: RuleKeys::new(&format!("key:{}", k.id)),
             budgets,
         }));
     }

@@ -1,7 +1,7 @@
 //! The in-process store: the same rules as the Redis script, under a mutex.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use super::{Charge, Rule, RuleKind, RuleState, Verdict};
 
@@ -12,7 +12,7 @@ pub struct MemoryStore {
 
 #[derive(Debug, Default)]
 struct Slots {
-    map: HashMap<String, Slot>,
+    map: HashMap<Arc<str>, Slot>,
     /// When expired slots were last swept (ms).
     swept: u64,
 }

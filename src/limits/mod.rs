@@ -50,6 +50,26 @@ impl LimitSpec {
     }
 }
 
+/// The store keys of a key's or an alias's limits (`key:<id>:rpm`,
+/// `alias:<name>:tpm`, …), made once when the config compiles.
+#[derive(Debug, Clone)]
+pub struct RuleKeys {
+    rpm: Arc<str>,
+    tpm: Arc<str>,
+    concurrency: Arc<str>,
+}
+
+impl RuleKeys {
+    /// `scope` is `key:<id>` or `alias:<name>`.
+    pub fn new(scope: &str) -> Self {
+        RuleKeys {
+            rpm: format!("{scope}:rpm").into(),
+            tpm: format!("{scope}:tpm").into(),
+            concurrency: format!("{scope}:concurrency").into(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Period {
     Day,
@@ -160,7 +180,7 @@ pub enum RuleKind {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Rule {
-    pub key: String,
+    pub key: Arc<str>,
     pub kind: RuleKind,
 }
 
@@ -186,17 +206,17 @@ pub struct Verdict {
 pub enum Charge {
     /// Adds `delta` units (negative: refunds) to a rate rule.
     Adjust {
-        key: String,
+        key: Arc<str>,
         limit: u64,
         period_ms: u64,
         delta: i64,
     },
     Release {
-        key: String,
+        key: Arc<str>,
         lease: u64,
     },
     Spend {
-        key: String,
+        key: Arc<str>,
         amount: u64,
         ends_ms: u64,
     },
@@ -364,9 +384,9 @@ impl Engine {
         let mut rules = Vec::new();
         let mut metas = Vec::new();
         let mut push =
-            |owner, scope: &str, what: &'static str, limit: u64, kind: RuleKind, budget| {
+            |owner, key: &Arc<str>, what: &'static str, limit: u64, kind: RuleKind, budget| {
                 rules.push(Rule {
-                    key: format!("{scope}:{what}"),
+                    key: key.clone(),
                     kind,
                 });
                 metas.push(RuleMeta {
@@ -377,15 +397,14 @@ impl Engine {
                 });
             };
         let scopes = [
-            key.as_ref()
-                .map(|k| (Owner::Key, format!("key:{}", k.id), k.limits)),
-            Some((Owner::Alias, format!("alias:{}", alias.name), alias.limits)),
+            key.as_ref().map(|k| (Owner::Key, &k.limit_keys, k.limits)),
+            Some((Owner::Alias, &alias.limit_keys, alias.limits)),
         ];
-        for (owner, scope, spec) in scopes.into_iter().flatten() {
+        for (owner, keys, spec) in scopes.into_iter().flatten() {
             if let Some(rpm) = spec.rpm {
                 push(
                     owner,
-                    &scope,
+                    &keys.rpm,
                     "rpm",
                     rpm,
                     RuleKind::Rate {
@@ -399,7 +418,7 @@ impl Engine {
             if let Some(tpm) = spec.tpm {
                 push(
                     owner,
-                    &scope,
+                    &keys.tpm,
                     "tpm",
                     tpm,
                     RuleKind::Rate {
@@ -414,7 +433,7 @@ impl Engine {
                 let until_ms = now + lease_for.as_millis() as u64;
                 push(
                     owner,
-                    &scope,
+                    &keys.concurrency,
                     "concurrency",
                     max,
                     RuleKind::Concurrency {
@@ -434,7 +453,7 @@ impl Engine {
                     Amount::Cost(n) => ("cost", n),
                 };
                 rules.push(Rule {
-                    key: format!("key:{}:budget:{}:{id}:{unit}", k.id, b.period.name()),
+                    key: format!("key:{}:budget:{}:{id}:{unit}", k.id, b.period.name()).into(),
                     kind: RuleKind::Budget { limit, ends_ms },
                 });
                 metas.push(RuleMeta {
@@ -644,17 +663,17 @@ pub fn go_duration(ms: u64) -> String {
 #[derive(Debug)]
 enum Pending {
     Tokens {
-        key: String,
+        key: Arc<str>,
         limit: u64,
         period_ms: u64,
         estimate: u64,
     },
     Lease {
-        key: String,
+        key: Arc<str>,
         lease: u64,
     },
     Budget {
-        key: String,
+        key: Arc<str>,
         ends_ms: u64,
         cost: bool,
     },
