@@ -336,11 +336,35 @@ enum Owner {
     Alias,
 }
 
+/// Which limit a rule is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum What {
+    Rpm,
+    Tpm,
+    Concurrency,
+    /// Keys only.
+    Budget,
+}
+
+impl What {
+    /// The `limit` label of `switchyard_rate_limited_total`.
+    fn label(self, owner: Owner) -> &'static str {
+        match (owner, self) {
+            (Owner::Key, What::Rpm) => "rpm",
+            (Owner::Key, What::Tpm) => "tpm",
+            (Owner::Key, What::Concurrency) => "concurrency",
+            (_, What::Budget) => "budget",
+            (Owner::Alias, What::Rpm) => "alias_rpm",
+            (Owner::Alias, What::Tpm) => "alias_tpm",
+            (Owner::Alias, What::Concurrency) => "alias_concurrency",
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 struct RuleMeta {
     owner: Owner,
-    /// `rpm`, `tpm`, `concurrency`, `budget`.
-    what: &'static str,
+    what: What,
     limit: u64,
     budget: Option<BudgetSpec>,
 }
@@ -383,19 +407,18 @@ impl Engine {
         let lease = fastrand::u64(..) >> 12;
         let mut rules = Vec::new();
         let mut metas = Vec::new();
-        let mut push =
-            |owner, key: &Arc<str>, what: &'static str, limit: u64, kind: RuleKind, budget| {
-                rules.push(Rule {
-                    key: key.clone(),
-                    kind,
-                });
-                metas.push(RuleMeta {
-                    owner,
-                    what,
-                    limit,
-                    budget,
-                });
-            };
+        let mut push = |owner, key: &Arc<str>, what: What, limit: u64, kind: RuleKind, budget| {
+            rules.push(Rule {
+                key: key.clone(),
+                kind,
+            });
+            metas.push(RuleMeta {
+                owner,
+                what,
+                limit,
+                budget,
+            });
+        };
         let scopes = [
             key.as_ref().map(|k| (Owner::Key, &k.limit_keys, k.limits)),
             Some((Owner::Alias, &alias.limit_keys, alias.limits)),
@@ -405,7 +428,7 @@ impl Engine {
                 push(
                     owner,
                     &keys.rpm,
-                    "rpm",
+                    What::Rpm,
                     rpm,
                     RuleKind::Rate {
                         limit: rpm,
@@ -419,7 +442,7 @@ impl Engine {
                 push(
                     owner,
                     &keys.tpm,
-                    "tpm",
+                    What::Tpm,
                     tpm,
                     RuleKind::Rate {
                         limit: tpm,
@@ -434,7 +457,7 @@ impl Engine {
                 push(
                     owner,
                     &keys.concurrency,
-                    "concurrency",
+                    What::Concurrency,
                     max,
                     RuleKind::Concurrency {
                         limit: max,
@@ -458,7 +481,7 @@ impl Engine {
                 });
                 metas.push(RuleMeta {
                     owner: Owner::Key,
-                    what: "budget",
+                    what: What::Budget,
                     limit,
                     budget: Some(*b),
                 });
@@ -480,15 +503,9 @@ impl Engine {
         }
         if let Some(i) = verdict.denied {
             let (meta, state) = (&metas[i], verdict.states[i]);
-            let label = match (meta.owner, meta.what) {
-                (Owner::Key, what) => what,
-                (Owner::Alias, "rpm") => "alias_rpm",
-                (Owner::Alias, "tpm") => "alias_tpm",
-                (Owner::Alias, _) => "alias_concurrency",
-            };
             self.metrics
                 .rate_limited
-                .with_label_values(&[key_label, label])
+                .with_label_values(&[key_label, meta.what.label(meta.owner)])
                 .inc();
             let mut e = Error::new(Kind::RateLimited, denial(call, meta, state, estimate, now));
             e.retry_after = state.retry_after_ms.map(Duration::from_millis);
@@ -506,7 +523,7 @@ impl Engine {
                         cost,
                     },
                     _,
-                ) if meta.what == "tpm" => charges.push(Pending::Tokens {
+                ) if meta.what == What::Tpm => charges.push(Pending::Tokens {
                     key: rule.key.clone(),
                     limit: *limit,
                     period_ms: *period_ms,
@@ -591,23 +608,23 @@ fn denial(call: &Call, meta: &RuleMeta, state: RuleState, estimate: u64, now: u6
         }
     };
     let mut s = match meta.what {
-        "rpm" => format!(
+        What::Rpm => format!(
             "Rate limit reached for {whose} on requests per minute (rpm): limit {}.",
             meta.limit
         ),
-        "tpm" if state.retry_after_ms.is_none() => format!(
+        What::Tpm if state.retry_after_ms.is_none() => format!(
             "This request needs about {estimate} tokens, more than {whose} may use per minute (tpm limit {}). Send a shorter prompt or a lower max_tokens.",
             meta.limit
         ),
-        "tpm" => format!(
+        What::Tpm => format!(
             "Rate limit reached for {whose} on tokens per minute (tpm): limit {}, remaining {}, requested about {estimate}.",
             meta.limit, state.remaining
         ),
-        "concurrency" => format!(
+        What::Concurrency => format!(
             "Too many concurrent requests for {whose}: limit {}.",
             meta.limit
         ),
-        _ => {
+        What::Budget => {
             let b = meta.budget.expect("budget rules carry their spec");
             let amount = match b.amount {
                 Amount::Tokens(n) => format!("{n} tokens"),
@@ -629,9 +646,9 @@ fn denial(call: &Call, meta: &RuleMeta, state: RuleState, estimate: u64, now: u6
 /// The OpenAI header family for a key's request and token limits.
 fn rate_headers(headers: &mut Vec<(HeaderName, HeaderValue)>, meta: &RuleMeta, state: &RuleState) {
     let [limit, remaining, reset] = match meta.what {
-        "rpm" => crate::headers::RATELIMIT_REQUESTS,
-        "tpm" => crate::headers::RATELIMIT_TOKENS,
-        _ => return,
+        What::Rpm => crate::headers::RATELIMIT_REQUESTS,
+        What::Tpm => crate::headers::RATELIMIT_TOKENS,
+        What::Concurrency | What::Budget => return,
     };
     headers.push((limit, HeaderValue::from(meta.limit)));
     headers.push((remaining, HeaderValue::from(state.remaining)));
