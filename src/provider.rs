@@ -4,7 +4,6 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Uri, header};
-use http_body_util::Full;
 
 use crate::adapter::Adapter;
 use crate::dispatch::health::HealthCheck;
@@ -57,8 +56,8 @@ impl Provider {
     }
 
     /// A GET of `uri` as this provider expects it (health checks, model lists).
-    pub fn get(&self, uri: Uri) -> Request<Full<Bytes>> {
-        let mut request = Request::new(Full::new(Bytes::new()));
+    pub fn get(&self, uri: Uri) -> Request<Bytes> {
+        let mut request = Request::new(Bytes::new());
         *request.method_mut() = Method::GET;
         *request.uri_mut() = uri;
         self.stamp(request.headers_mut());

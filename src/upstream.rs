@@ -33,16 +33,14 @@ pub struct HttpClient {
 }
 
 impl HttpClient {
-    async fn send(&self, request: Request<Full<Bytes>>) -> Result<Response<UpstreamBody>, Failure> {
+    async fn send(&self, request: Request<Bytes>) -> Result<Response<UpstreamBody>, Failure> {
         if request.uri().scheme() == Some(&http::uri::Scheme::HTTP) {
-            let (parts, body) = request.into_parts();
-            let body = whole(body);
-            let response = self.plain.send(Request::from_parts(parts, body)).await?;
+            let response = self.plain.send(request).await?;
             return Ok(response.map(UpstreamBody::Plain));
         }
         // Boxed: the pooled client's future is large and would make every
         // request's future (plain ones included) as large.
-        match Box::pin(self.tls.request(request)).await {
+        match Box::pin(self.tls.request(request.map(Full::new))).await {
             Ok(response) => Ok(response.map(UpstreamBody::Http)),
             Err(e) if e.is_connect() => Err(Failure::new(
                 Cause::Connect,
@@ -53,17 +51,6 @@ impl HttpClient {
                 format!("connection failed: {}", error_chain(&e)),
             )),
         }
-    }
-}
-
-/// The bytes of a `Full` body (ready at once: it holds them).
-fn whole(body: Full<Bytes>) -> Bytes {
-    use futures_util::FutureExt;
-    use http_body_util::BodyExt;
-    let mut body = body;
-    match body.frame().now_or_never() {
-        Some(Some(Ok(frame))) => frame.into_data().unwrap_or_default(),
-        _ => Bytes::new(),
     }
 }
 
@@ -99,11 +86,8 @@ impl std::fmt::Debug for Transport {
 }
 
 impl Transport {
-    /// Sends one request and waits for the response head.
-    pub async fn send(
-        &self,
-        request: Request<Full<Bytes>>,
-    ) -> Result<Response<UpstreamBody>, Failure> {
+    /// Sends one request (its whole body at hand) and waits for the response head.
+    pub async fn send(&self, request: Request<Bytes>) -> Result<Response<UpstreamBody>, Failure> {
         match self {
             Transport::Http(client) => client.send(request).await,
             Transport::Demo(backend) => Ok(Box::pin(backend.handle(request)).await),

@@ -80,7 +80,7 @@ impl Backend {
     }
 
     /// Answers one OpenAI request.
-    pub async fn handle(&self, request: Request<Full<Bytes>>) -> Response<UpstreamBody> {
+    pub async fn handle(&self, request: Request<Bytes>) -> Response<UpstreamBody> {
         let path = request.uri().path().to_owned();
         if path.ends_with("/models") {
             let data: Vec<Value> = ["demo", "echo"]
@@ -92,10 +92,7 @@ impl Backend {
                 json!({"object": "list", "data": data}).to_string(),
             );
         }
-        let body = match request.into_body().collect().await {
-            Ok(b) => b.to_bytes(),
-            Err(never) => match never {},
-        };
+        let body = request.into_body();
         let Ok(req) = serde_json::from_slice::<Value>(&body) else {
             return error(
                 StatusCode::BAD_REQUEST,

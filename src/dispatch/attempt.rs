@@ -9,7 +9,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Limited};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 
@@ -196,12 +196,8 @@ fn render(call: &Call, converted: Converted) -> Response<Body> {
 
 /// The upstream request: the adapter's, plus provider headers, the
 /// credential and the request id. Nothing of the client's headers goes along.
-fn http_request(
-    call: &Call,
-    provider: &Provider,
-    upstream: UpstreamRequest,
-) -> Request<Full<Bytes>> {
-    let mut request = Request::new(Full::new(upstream.body));
+fn http_request(call: &Call, provider: &Provider, upstream: UpstreamRequest) -> Request<Bytes> {
+    let mut request = Request::new(upstream.body);
     *request.method_mut() = Method::POST;
     *request.uri_mut() = upstream.uri;
     let headers = request.headers_mut();

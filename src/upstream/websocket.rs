@@ -81,15 +81,8 @@ impl WebSocket {
     }
 
     /// Connects, shakes hands, sends the body as one text frame.
-    pub async fn send(
-        &self,
-        request: Request<Full<Bytes>>,
-    ) -> Result<Response<UpstreamBody>, Failure> {
+    pub async fn send(&self, request: Request<Bytes>) -> Result<Response<UpstreamBody>, Failure> {
         let (head, body) = request.into_parts();
-        let body = match body.collect().await {
-            Ok(collected) => collected.to_bytes(),
-            Err(never) => match never {},
-        };
         let text = Utf8Bytes::try_from(body)
             .map_err(|_| Failure::protocol("the request body is not UTF-8 text"))?;
         let uri = head.uri;
