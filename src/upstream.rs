@@ -19,6 +19,7 @@ use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::{Client, connect::HttpConnector};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tokio::net::TcpStream;
 
 use crate::adapter::demo;
 
@@ -102,6 +103,33 @@ impl Transport {
             other => other,
         }
     }
+}
+
+/// A TCP connection to `host` (an IPv6 literal in brackets or not) within
+/// `within`, with TCP_NODELAY and keep-alive probes after a minute of
+/// silence: what the in-task HTTP/1.1 client and WebSocket connect with.
+pub async fn connect_tcp(host: &str, port: u16, within: Duration) -> Result<TcpStream, Failure> {
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    let io = match tokio::time::timeout(within, TcpStream::connect((host, port))).await {
+        Ok(Ok(io)) => io,
+        Ok(Err(e)) => return Err(Failure::new(Cause::Connect, format!("cannot connect: {e}"))),
+        Err(_) => {
+            return Err(Failure::new(
+                Cause::Connect,
+                format!(
+                    "cannot connect: no connection within {}",
+                    humantime::format_duration(within)
+                ),
+            ));
+        }
+    };
+    let _ = io.set_nodelay(true);
+    let keepalive = socket2::TcpKeepalive::new().with_time(Duration::from_secs(60));
+    let _ = socket2::SockRef::from(&io).set_tcp_keepalive(&keepalive);
+    Ok(io)
 }
 
 /// The error and its sources, joined; no URL or header is ever part of them.

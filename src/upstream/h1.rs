@@ -132,32 +132,9 @@ impl Pool {
     }
 
     async fn connect(&self, authority: &http::uri::Authority) -> Result<Conn, Failure> {
-        let host = authority.host();
-        let host = host
-            .strip_prefix('[')
-            .and_then(|h| h.strip_suffix(']'))
-            .unwrap_or(host);
         let port = authority.port_u16().unwrap_or(80);
-        let io = match tokio::time::timeout(self.connect, TcpStream::connect((host, port))).await {
-            Ok(Ok(io)) => io,
-            Ok(Err(e)) => {
-                return Err(Failure::new(Cause::Connect, format!("cannot connect: {e}")));
-            }
-            Err(_) => {
-                return Err(Failure::new(
-                    Cause::Connect,
-                    format!(
-                        "cannot connect: no connection within {}",
-                        humantime::format_duration(self.connect)
-                    ),
-                ));
-            }
-        };
-        let _ = io.set_nodelay(true);
-        let keepalive = socket2::TcpKeepalive::new().with_time(Duration::from_secs(60));
-        let _ = socket2::SockRef::from(&io).set_tcp_keepalive(&keepalive);
         Ok(Conn {
-            io,
+            io: super::connect_tcp(authority.host(), port, self.connect).await?,
             buf: BytesMut::new(),
         })
     }

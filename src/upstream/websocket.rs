@@ -26,7 +26,6 @@ use http::{HeaderName, Request, Response, header};
 use http_body::{Body as HttpBody, Frame};
 use http_body_util::{BodyExt, Full};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::rustls::{self, ClientConfig, RootCertStore, pki_types::ServerName};
@@ -110,20 +109,7 @@ impl WebSocket {
         }
 
         let deadline = Instant::now() + self.connect;
-        let timed_out = || {
-            Failure::new(
-                Cause::Connect,
-                format!(
-                    "cannot connect: no connection within {}",
-                    humantime::format_duration(self.connect)
-                ),
-            )
-        };
-        let tcp = tokio::time::timeout_at(deadline, TcpStream::connect((host.as_str(), port)))
-            .await
-            .map_err(|_| timed_out())?
-            .map_err(|e| Failure::new(Cause::Connect, format!("cannot connect: {e}")))?;
-        let _ = tcp.set_nodelay(true);
+        let tcp = super::connect_tcp(&host, port, self.connect).await?;
         if !tls {
             return open(handshake, tcp, text, self.last.clone()).await;
         }
@@ -134,7 +120,15 @@ impl WebSocket {
             TlsConnector::from(tls_config()).connect(name, tcp),
         )
         .await
-        .map_err(|_| timed_out())?
+        .map_err(|_| {
+            Failure::new(
+                Cause::Connect,
+                format!(
+                    "cannot connect: no TLS session within {}",
+                    humantime::format_duration(self.connect)
+                ),
+            )
+        })?
         .map_err(|e| Failure::new(Cause::Connect, format!("TLS failed: {e}")))?;
         open(handshake, stream, text, self.last.clone()).await
     }
