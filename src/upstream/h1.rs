@@ -23,6 +23,7 @@ use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
+use http::uri::Authority;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
 use http_body::{Frame, SizeHint};
 use tokio::io::AsyncReadExt;
@@ -48,7 +49,7 @@ const MAX_CHUNK_LINE: usize = 4096;
 pub struct Pool {
     connect: Duration,
     /// One entry per backend authority; nearly always exactly one.
-    idle: Mutex<Vec<(Box<str>, VecDeque<Idle>)>>,
+    idle: Mutex<Vec<(Authority, VecDeque<Idle>)>>,
 }
 
 struct Idle {
@@ -99,11 +100,10 @@ impl Pool {
             .uri
             .authority()
             .ok_or_else(|| Failure::new(Cause::Connect, "the backend URL has no host"))?;
-        let key = authority.as_str();
         let head = encode_head(&parts, &body);
         let mut pooled = true;
         loop {
-            let conn = match pooled.then(|| self.checkout(key)).flatten() {
+            let conn = match pooled.then(|| self.checkout(authority)).flatten() {
                 Some(conn) => conn,
                 None => {
                     pooled = false;
@@ -117,13 +117,18 @@ impl Pool {
                         framing,
                         keep_alive,
                         pool: Arc::downgrade(self),
-                        key: key.into(),
+                        authority: authority.clone(),
                     };
                     body.finish_if_done();
                     return Ok(response.map(|()| body));
                 }
                 Err(e) if e.stale && pooled => {
-                    self.forget(key);
+                    tracing::debug!(
+                        backend = authority.host(),
+                        error = %e.failure.message,
+                        "a kept-alive connection was closed by the backend; sending again on a new one"
+                    );
+                    self.forget(authority);
                     pooled = false;
                 }
                 Err(e) => return Err(e.failure),
@@ -131,7 +136,7 @@ impl Pool {
         }
     }
 
-    async fn connect(&self, authority: &http::uri::Authority) -> Result<Conn, Failure> {
+    async fn connect(&self, authority: &Authority) -> Result<Conn, Failure> {
         let port = authority.port_u16().unwrap_or(80);
         Ok(Conn {
             io: super::connect_tcp(authority.host(), port, self.connect).await?,
@@ -139,10 +144,10 @@ impl Pool {
         })
     }
 
-    /// The most recently used idle connection to `key` that is still open.
-    fn checkout(&self, key: &str) -> Option<Conn> {
+    /// The most recently used idle connection to `authority` that is still open.
+    fn checkout(&self, authority: &Authority) -> Option<Conn> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        let (_, conns) = idle.iter_mut().find(|(k, _)| &**k == key)?;
+        let (_, conns) = idle.iter_mut().find(|(a, _)| a == authority)?;
         while let Some(Idle { conn, since }) = conns.pop_back() {
             if since.elapsed() >= IDLE_TIMEOUT {
                 // Everything older is expired too.
@@ -156,13 +161,13 @@ impl Pool {
         None
     }
 
-    fn checkin(&self, key: &str, conn: Conn) {
+    fn checkin(&self, authority: &Authority, conn: Conn) {
         let now = Instant::now();
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        let conns = match idle.iter().position(|(k, _)| &**k == key) {
+        let conns = match idle.iter().position(|(a, _)| a == authority) {
             Some(i) => &mut idle[i].1,
             None => {
-                idle.push((key.into(), VecDeque::new()));
+                idle.push((authority.clone(), VecDeque::new()));
                 &mut idle.last_mut().expect("just pushed").1
             }
         };
@@ -175,9 +180,9 @@ impl Pool {
         conns.push_back(Idle { conn, since: now });
     }
 
-    fn forget(&self, key: &str) {
+    fn forget(&self, authority: &Authority) {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        idle.retain(|(k, _)| &**k != key);
+        idle.retain(|(a, _)| a != authority);
     }
 
     /// Closes idle connections that expired or that the backend closed.
@@ -537,7 +542,7 @@ pub struct Body {
     framing: Framing,
     keep_alive: bool,
     pool: Weak<Pool>,
-    key: Box<str>,
+    authority: Authority,
 }
 
 impl std::fmt::Debug for Body {
@@ -567,7 +572,7 @@ impl Body {
             && conn.buf.is_empty()
             && let Some(pool) = self.pool.upgrade()
         {
-            pool.checkin(&self.key, conn);
+            pool.checkin(&self.authority, conn);
         }
     }
 
@@ -1009,7 +1014,7 @@ mod tests {
         let connections: Vec<usize> = [(); 3].iter().map(|_| seen.try_recv().unwrap().0).collect();
         assert_eq!(connections, [1, 1, 2]);
 
-        pool.forget(&address);
+        pool.forget(&address.parse().unwrap());
         let e = pool.send(post(&address, "{}")).await.unwrap_err();
         assert_eq!(e.cause, Cause::Connect);
         assert!(e.message.contains("before answering"), "{}", e.message);
