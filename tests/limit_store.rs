@@ -270,10 +270,9 @@ async fn a_daily_budget_is_spent_and_resets_at_midnight_utc() {
             Arc::new(switchyard::config::load::load_str(&config, &|_| None, &shared).unwrap());
         let engine: &Engine = &shared.limits;
         let body = r#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#;
-        let lease = Duration::from_secs(60);
         for _ in 0..2 {
             let ticket = engine
-                .admit(&call(snapshot.clone(), body), lease)
+                .admit(&call(snapshot.clone(), body))
                 .await
                 .expect("within budget");
             // The memory store settles at once; Redis in the background.
@@ -282,7 +281,7 @@ async fn a_daily_budget_is_spent_and_resets_at_midnight_utc() {
             }
         }
         let refused = engine
-            .admit(&call(snapshot.clone(), body), lease)
+            .admit(&call(snapshot.clone(), body))
             .await
             .unwrap_err();
         assert_eq!(refused.status(), 429, "{store}");
@@ -304,10 +303,7 @@ async fn a_daily_budget_is_spent_and_resets_at_midnight_utc() {
         // A minute later it is a new day.
         clock.advance(Duration::from_secs(61));
         assert!(
-            engine
-                .admit(&call(snapshot.clone(), body), lease)
-                .await
-                .is_ok(),
+            engine.admit(&call(snapshot.clone(), body)).await.is_ok(),
             "{store}"
         );
     }
@@ -325,18 +321,17 @@ async fn cost_budgets_count_the_aliases_prices() {
     let snapshot =
         Arc::new(switchyard::config::load::load_str(&config, &|_| None, &shared).unwrap());
     let body = r#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#;
-    let lease = Duration::from_secs(60);
     // 50 prompt tokens at $10/M plus 50 completion tokens at $30/M = $0.002.
     let ticket = shared
         .limits
-        .admit(&call(snapshot.clone(), body), lease)
+        .admit(&call(snapshot.clone(), body))
         .await
         .unwrap();
     // The memory store settles at once.
     assert!(ticket.settle(Some(Usage::new(50, 50))).is_none());
     let refused = shared
         .limits
-        .admit(&call(snapshot, body), lease)
+        .admit(&call(snapshot, body))
         .await
         .unwrap_err();
     assert!(

@@ -7,7 +7,6 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use http::Response;
 use tower::ServiceExt;
@@ -17,8 +16,6 @@ use crate::body::Body;
 use crate::call::Call;
 use crate::error::Error;
 use crate::openai::Usage;
-use crate::registry::Snapshot;
-use crate::route::Alias;
 
 /// The ticket, as a response extension (extensions must be `Clone`).
 #[derive(Clone, Debug)]
@@ -59,9 +56,7 @@ where
         let inner = self.inner.clone();
         let engine = self.engine.clone();
         Box::pin(async move {
-            let ticket = engine
-                .admit(&call, lease_for(&call.snapshot, &call.route.alias))
-                .await?;
+            let ticket = engine.admit(&call).await?;
             match inner.oneshot(call).await {
                 Ok(mut response) => {
                     for (name, value) in ticket.headers() {
@@ -80,47 +75,5 @@ where
                 }
             }
         })
-    }
-}
-
-/// How long a concurrency lease lives: past the longest request the call can
-/// become on its alias or on any of the alias's fallbacks, then it expires
-/// (so that a replica that died cannot hold a slot for ever).
-fn lease_for(snapshot: &Snapshot, alias: &Alias) -> Duration {
-    let fallbacks = alias
-        .fallbacks
-        .iter()
-        .filter_map(|name| snapshot.aliases.get_exact(name));
-    std::iter::once(alias)
-        .chain(fallbacks.map(|a| &**a))
-        .flat_map(|a| &a.targets)
-        .map(|t| t.provider.timeouts.total)
-        .max()
-        .unwrap_or_default()
-        + Duration::from_secs(60)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::load::load_str;
-    use crate::registry::Shared;
-
-    #[test]
-    fn a_lease_outlives_the_longest_fallback_too() {
-        let text = "\
-providers:
-  quick: { type: demo, timeouts: { total: 30s } }
-  slow: { type: demo, timeouts: { total: 10m } }
-models:
-  a: { targets: [{ provider: quick }], fallbacks: [b] }
-  b: { targets: [{ provider: slow }] }
-";
-        let snapshot = load_str(text, &|_| None, &Shared::default())
-            .unwrap_or_else(|problems| panic!("{problems:?}"));
-        let a = snapshot.aliases.get_exact("a").unwrap();
-        let b = snapshot.aliases.get_exact("b").unwrap();
-        assert_eq!(lease_for(&snapshot, a), Duration::from_secs(660));
-        assert_eq!(lease_for(&snapshot, b), Duration::from_secs(660));
     }
 }

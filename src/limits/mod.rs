@@ -33,6 +33,8 @@ use crate::call::Call;
 use crate::error::{Error, Kind};
 use crate::metrics::Metrics;
 use crate::openai::{Endpoint, Usage};
+use crate::registry::Snapshot;
+use crate::route::Alias;
 
 // === what the config says ===
 
@@ -388,7 +390,7 @@ impl Engine {
 
     /// Checks and charges every limit that applies to `call`; the ticket
     /// settles the charges when dropped or settled.
-    pub async fn admit(&self, call: &Call, lease_for: Duration) -> Result<Ticket, Error> {
+    pub async fn admit(&self, call: &Call) -> Result<Ticket, Error> {
         let policy = &call.snapshot.limits;
         let alias = &call.route.alias;
         let key = match &call.caller {
@@ -453,7 +455,7 @@ impl Engine {
                 );
             }
             if let Some(max) = spec.max_concurrent {
-                let until_ms = now + lease_for.as_millis() as u64;
+                let until_ms = now + lease_for(&call.snapshot, alias).as_millis() as u64;
                 push(
                     owner,
                     &keys.concurrency,
@@ -584,6 +586,23 @@ impl Engine {
             .with_retry_after(Some(Duration::from_secs(1)))),
         }
     }
+}
+
+/// How long a concurrency lease lives: past the longest request the call can
+/// become on its alias or on any of the alias's fallbacks, then it expires
+/// (so that a replica that died cannot hold a slot for ever).
+fn lease_for(snapshot: &Snapshot, alias: &Alias) -> Duration {
+    let fallbacks = alias
+        .fallbacks
+        .iter()
+        .filter_map(|name| snapshot.aliases.get_exact(name));
+    std::iter::once(alias)
+        .chain(fallbacks.map(|a| &**a))
+        .flat_map(|a| &a.targets)
+        .map(|t| t.provider.timeouts.total)
+        .max()
+        .unwrap_or_default()
+        + Duration::from_secs(60)
 }
 
 /// Tokens a request may use: the prompt at four bytes a token, plus the

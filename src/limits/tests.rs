@@ -86,3 +86,22 @@ fn a_request_larger_than_the_limit_never_fits() {
     assert_eq!(v.denied, Some(0));
     assert_eq!(v.states[0].retry_after_ms, None);
 }
+
+#[test]
+fn a_lease_outlives_the_longest_fallback_too() {
+    let text = "\
+providers:
+  quick: { type: demo, timeouts: { total: 30s } }
+  slow: { type: demo, timeouts: { total: 10m } }
+models:
+  a: { targets: [{ provider: quick }], fallbacks: [b] }
+  b: { targets: [{ provider: slow }] }
+";
+    let snapshot =
+        crate::config::load::load_str(text, &|_| None, &crate::registry::Shared::default())
+            .unwrap_or_else(|problems| panic!("{problems:?}"));
+    let a = snapshot.aliases.get_exact("a").unwrap();
+    let b = snapshot.aliases.get_exact("b").unwrap();
+    assert_eq!(lease_for(&snapshot, a), Duration::from_secs(660));
+    assert_eq!(lease_for(&snapshot, b), Duration::from_secs(660));
+}
