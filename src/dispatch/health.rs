@@ -276,10 +276,9 @@ impl HealthTable {
         });
     }
 
-    /// Replaces the active health checks with those of `providers`.
-    /// Starts one check task per provider with `health_check`; a failing
-    /// check counts as a failure of each of its targets, `after` of them in a
-    /// row cool a target down for `cooldown`.
+    /// Replaces the active health checks with one task per provider in
+    /// `providers`; a failing check counts as a failure of each of its
+    /// targets, `after` of them in a row cool a target down for `cooldown`.
     pub fn start_checks(
         &self,
         providers: &[(Arc<Provider>, Vec<Arc<TargetState>>)],
