@@ -111,16 +111,16 @@ impl Pool {
                 }
             };
             match exchange(conn, &head, &body, parts.method == Method::HEAD).await {
-                Ok((response, framing, conn, keep_alive)) => {
+                Ok((answer, conn)) => {
                     let mut body = Body {
                         conn: Some(conn),
-                        framing,
-                        keep_alive,
+                        framing: answer.framing,
+                        keep_alive: answer.keep_alive,
                         pool: Arc::downgrade(self),
                         authority: authority.clone(),
                     };
                     body.finish_if_done();
-                    return Ok(response.map(|()| body));
+                    return Ok(answer.response.map(|()| body));
                 }
                 Err(e) if e.stale && pooled => {
                     tracing::debug!(
@@ -283,7 +283,12 @@ impl SendError {
     }
 }
 
-type Exchanged = (Response<()>, Framing, Conn, bool);
+/// A response head, and what it says of the body and the connection.
+struct Head {
+    response: Response<()>,
+    framing: Framing,
+    keep_alive: bool,
+}
 
 /// Writes the request and reads the response head.
 async fn exchange(
@@ -291,33 +296,34 @@ async fn exchange(
     head: &[u8],
     body: &[u8],
     head_request: bool,
-) -> Result<Exchanged, SendError> {
+) -> Result<(Head, Conn), SendError> {
     if let Err(e) = conn.write_all(head, body).await {
         // A backend may answer (413, say) and close before reading a large
         // body: its answer is worth more than the write error.
         return match read_head(&mut conn, head_request).await {
-            Ok((response, framing, _)) => Ok((response, framing, conn, false)),
+            Ok(answer) => Ok((
+                Head {
+                    keep_alive: false,
+                    ..answer
+                },
+                conn,
+            )),
             Err(_) => Err(SendError::io("sending the request", e, true)),
         };
     }
-    let (response, framing, keep_alive) = read_head(&mut conn, head_request).await?;
-    Ok((response, framing, conn, keep_alive))
+    let answer = read_head(&mut conn, head_request).await?;
+    Ok((answer, conn))
 }
 
 /// Reads and parses the response head, skipping informational answers.
-async fn read_head(
-    conn: &mut Conn,
-    head_request: bool,
-) -> Result<(Response<()>, Framing, bool), SendError> {
+async fn read_head(conn: &mut Conn, head_request: bool) -> Result<Head, SendError> {
     let mut received = false;
     loop {
         if !conn.buf.is_empty() {
             received = true;
             match parse_head(&mut conn.buf, head_request)? {
                 Parsed::Informational => continue,
-                Parsed::Head(response, framing, keep_alive) => {
-                    return Ok((response, framing, keep_alive));
-                }
+                Parsed::Head(answer) => return Ok(answer),
                 Parsed::Partial if conn.buf.len() > MAX_HEAD => {
                     return Err(SendError::protocol(format!(
                         "the response head is larger than {MAX_HEAD} bytes"
@@ -351,7 +357,7 @@ async fn read_head(
 enum Parsed {
     Partial,
     Informational,
-    Head(Response<()>, Framing, bool),
+    Head(Head),
 }
 
 /// Parses a complete head at the start of `buf` and consumes it.
@@ -419,7 +425,11 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Parsed, SendErro
     *response.status_mut() = status;
     *response.version_mut() = version;
     *response.headers_mut() = headers;
-    Ok(Parsed::Head(response, framing, keep_alive))
+    Ok(Parsed::Head(Head {
+        response,
+        framing,
+        keep_alive,
+    }))
 }
 
 /// How the body of a response is delimited (RFC 9112, section 6.3).
