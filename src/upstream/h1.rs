@@ -16,6 +16,7 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::io::{self, IoSlice};
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll, ready};
@@ -362,12 +363,17 @@ enum Parsed {
 
 /// Parses a complete head at the start of `buf` and consumes it.
 fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Parsed, SendError> {
-    // Where each header's name and value sit in `buf`.
-    let mut spans = [(0usize, 0usize, 0usize, 0usize); MAX_HEADERS];
-    let (len, code, version, count) = {
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut parsed = httparse::Response::new(&mut headers);
-        let len = match parsed.parse(buf) {
+    // Where each header's name and value sit in `buf`. httparse fills only
+    // the slots it uses: nothing zeroes a hundred of them per response.
+    let mut spans = Vec::new();
+    let (len, code, version) = {
+        let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+        let mut parsed = httparse::Response::new(&mut []);
+        let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+            &mut parsed,
+            buf,
+            &mut slots,
+        ) {
             Ok(httparse::Status::Complete(len)) => len,
             Ok(httparse::Status::Partial) => return Ok(Parsed::Partial),
             Err(e) => {
@@ -377,14 +383,14 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Parsed, SendErro
             }
         };
         let base = buf.as_ptr() as usize;
-        let count = parsed.headers.len();
-        for (span, h) in spans.iter_mut().zip(parsed.headers.iter()) {
+        spans.reserve_exact(parsed.headers.len());
+        spans.extend(parsed.headers.iter().map(|h| {
             let name = h.name.as_ptr() as usize - base;
             let value = h.value.as_ptr() as usize - base;
-            *span = (name, name + h.name.len(), value, value + h.value.len());
-        }
+            (name..name + h.name.len(), value..value + h.value.len())
+        }));
         let code = parsed.code.unwrap_or(0);
-        (len, code, parsed.version.unwrap_or(1), count)
+        (len, code, parsed.version.unwrap_or(1))
     };
     let status = StatusCode::from_u16(code)
         .map_err(|_| SendError::protocol(format!("the backend answered status {code}")))?;
@@ -393,11 +399,11 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Parsed, SendErro
         return Ok(Parsed::Informational);
     }
     let raw = buf.split_to(len).freeze();
-    let mut headers = HeaderMap::with_capacity(count);
-    for &(n0, n1, v0, v1) in &spans[..count] {
-        let name = HeaderName::from_bytes(&raw[n0..n1])
+    let mut headers = HeaderMap::with_capacity(spans.len());
+    for (name, value) in spans {
+        let name = HeaderName::from_bytes(&raw[name])
             .map_err(|_| SendError::protocol("the backend sent an invalid header name"))?;
-        let value = HeaderValue::from_maybe_shared(raw.slice(v0..v1))
+        let value = HeaderValue::from_maybe_shared(raw.slice(value))
             .map_err(|_| SendError::protocol("the backend sent an invalid header value"))?;
         headers.append(name, value);
     }
