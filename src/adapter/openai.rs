@@ -232,7 +232,40 @@ struct Peek<'a> {
 }
 
 fn parse_usage(json: &[u8]) -> Option<Usage> {
+    // The usual shape, plain counts beside nested details, is read from the
+    // spans of the three counts; anything else goes through serde.
+    if let Some([prompt, completion, total]) = top_level_spans(
+        json,
+        [b"prompt_tokens", b"completion_tokens", b"total_tokens"],
+    ) {
+        let count = |span: Option<Range<usize>>| match span {
+            None => Some(0),
+            Some(span) => json_count(&json[span]),
+        };
+        if let (Some(prompt_tokens), Some(completion_tokens), Some(total_tokens)) =
+            (count(prompt), count(completion), count(total))
+        {
+            return Some(Usage {
+                prompt_tokens,
+                completion_tokens,
+                total_tokens,
+            });
+        }
+    }
     serde_json::from_slice::<Option<Usage>>(json).ok().flatten()
+}
+
+/// A JSON number that is a non-negative integer, as serde would read a `u64`.
+fn json_count(text: &[u8]) -> Option<u64> {
+    let well_formed = match text {
+        [b'0'] => true,
+        [b'1'..=b'9', rest @ ..] => rest.iter().all(u8::is_ascii_digit),
+        _ => false,
+    };
+    if !well_formed {
+        return None;
+    }
+    std::str::from_utf8(text).ok()?.parse().ok()
 }
 
 /// Rewrites `model` in a whole response and reads its usage.
@@ -411,6 +444,20 @@ mod tests {
         assert_eq!(parse_usage(b"null"), None);
         assert_eq!(parse_usage(br#"{"prompt_tokens":1.5}"#), None);
         assert_eq!(parse_usage(br#"{"prompt_tokens":-1}"#), None);
+        assert_eq!(parse_usage(br#"{"prompt_tokens":+1}"#), None);
+        assert_eq!(parse_usage(br#"{"prompt_tokens":01}"#), None);
+        assert_eq!(parse_usage(br#"{"prompt_tokens":null}"#), None);
+        assert_eq!(parse_usage(br#"{"prompt_tokens":"7"}"#), None);
+        assert_eq!(parse_usage(br#"{"prompt_tokens":1e2}"#), None);
+        assert_eq!(
+            parse_usage(br#"{"prompt_tokens":99999999999999999999}"#),
+            None
+        );
+        // A repeated count is not guessed at: serde refuses it too.
+        assert_eq!(
+            parse_usage(br#"{"prompt_tokens":1,"prompt_tokens":2}"#),
+            None
+        );
     }
 
     fn relay(input: &[&str]) -> (String, Result<(), Failure>, Option<Usage>) {
