@@ -567,7 +567,7 @@ impl Cohere {
     /// JSON in; SSE out for a Chat v2 stream. A Chat v1 stream gets no
     /// `accept`, so it comes in Cohere's default framing, NDJSON.
     fn headers(&self, stream: bool) -> HeaderMap {
-        let mut headers = HeaderMap::with_capacity(2);
+        let mut headers = HeaderMap::with_capacity(super::REQUEST_HEADERS);
         headers.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),

@@ -158,7 +158,7 @@ impl Adapter for GraphQl {
             &mut body,
         )?;
         body.push(b'}');
-        let mut headers = HeaderMap::with_capacity(2);
+        let mut headers = HeaderMap::with_capacity(super::REQUEST_HEADERS);
         headers.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),

@@ -68,6 +68,11 @@ pub trait Adapter: Send + Sync + Debug {
     }
 }
 
+/// Room to make in an upstream request's header map: the adapter's own
+/// headers and those added on the way out (user agent, credential, request
+/// id), so that none of them makes it grow.
+pub const REQUEST_HEADERS: usize = 8;
+
 /// What an adapter asks the transport to send.
 #[derive(Debug)]
 pub struct UpstreamRequest {

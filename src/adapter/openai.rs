@@ -201,7 +201,7 @@ pub(super) fn splice_many<T: AsRef<[u8]>>(body: &[u8], mut edits: Vec<(Range<usi
 
 /// `content-type: application/json` and the matching `accept`.
 pub fn json_headers(stream: bool) -> HeaderMap {
-    let mut headers = HeaderMap::with_capacity(2);
+    let mut headers = HeaderMap::with_capacity(super::REQUEST_HEADERS);
     headers.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),

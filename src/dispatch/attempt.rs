@@ -202,6 +202,8 @@ fn http_request(call: &Call, provider: &Provider, upstream: UpstreamRequest) -> 
     *request.uri_mut() = upstream.uri;
     let headers = request.headers_mut();
     *headers = upstream.headers;
+    // One growth at most, for providers with many headers of their own.
+    headers.reserve(provider.headers.len() + 3);
     provider.stamp(headers);
     headers.insert(X_REQUEST_ID, call.request_id.clone());
     request
