@@ -118,7 +118,7 @@ pub async fn attempt(
             .into());
     }
 
-    let mut response = if stream {
+    let (mut response, usage) = if stream {
         let decoder = provider.adapter.decoder(call);
         let mut relay = Relay::new(
             provider.clone(),
@@ -134,7 +134,8 @@ pub async fn attempt(
         relay.prime().await?;
         let mut response = Response::new(Body::Relay(Box::new(relay)));
         sse_headers(response.headers_mut());
-        response
+        // A stream reports its usage when it ends.
+        (response, None)
     } else {
         let limit = call.snapshot.settings.max_response_body as usize;
         let bytes = read_body(body, limit, deadline).await?;
@@ -142,10 +143,6 @@ pub async fn attempt(
         render(call, provider.adapter.response(call, &head.headers, bytes)?)
     };
 
-    let usage = response
-        .extensions_mut()
-        .remove::<Option<Usage>>()
-        .flatten();
     let headers = response.headers_mut();
     if let Some(v) = &provider.id_header {
         headers.insert(X_SWITCHYARD_PROVIDER, v.clone());
@@ -161,9 +158,10 @@ pub async fn attempt(
     Ok(response)
 }
 
-/// A whole answer as the client wants it: JSON, or a synthesized stream when
-/// the client asked for one from a backend that answered whole.
-fn render(call: &Call, converted: Converted) -> Response<Body> {
+/// A whole answer as the client wants it, and its usage: JSON, or a
+/// synthesized stream when the client asked for one from a backend that
+/// answered whole.
+fn render(call: &Call, converted: Converted) -> (Response<Body>, Option<Usage>) {
     let (body, usage, stream) = match converted {
         // The passthrough's JSON is ready: nothing to render.
         Converted::Json { body, usage } => (body, usage, false),
@@ -190,8 +188,7 @@ fn render(call: &Call, converted: Converted) -> Response<Body> {
             HeaderValue::from_static("application/json"),
         );
     }
-    response.extensions_mut().insert(usage);
-    response
+    (response, usage)
 }
 
 /// The upstream request: the adapter's, plus provider headers, the
