@@ -367,6 +367,16 @@ pub fn splice(body: &[u8], span: Range<usize>, replacement: &[u8]) -> Bytes {
 
 /// A JSON string literal for `s`.
 pub fn json_string(s: &str) -> Bytes {
+    // Model names seldom need an escape: then one allocation of the exact
+    // size (the serializer's buffer would be oversized, and its Bytes then
+    // needs a second allocation for the spare capacity).
+    if !s.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20) {
+        let mut out = Vec::with_capacity(s.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+        return Bytes::from(out);
+    }
     Bytes::from(serde_json::to_vec(s).unwrap_or_default())
 }
 
@@ -535,6 +545,20 @@ mod tests {
                 "{}",
                 String::from_utf8_lossy(text)
             );
+        }
+    }
+
+    #[test]
+    fn json_strings_match_serde() {
+        for s in [
+            "llama-3.1:8b",
+            "",
+            "a/b é 日本",
+            "q\"uote",
+            "back\\slash",
+            "tab\tnl\n\u{1}",
+        ] {
+            assert_eq!(json_string(s), serde_json::to_vec(s).unwrap(), "{s:?}");
         }
     }
 
