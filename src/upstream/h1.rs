@@ -1122,4 +1122,35 @@ mod tests {
             "GET /v1/models?x=1 HTTP/1.1\r\nhost: backend:8000\r\n\r\n"
         );
     }
+
+    #[test]
+    fn heads_keep_every_header_up_to_the_limit_and_the_body_after_them() {
+        let head = |count: usize| {
+            let mut text = String::from("HTTP/1.1 200 OK\r\n");
+            for i in 0..count {
+                text.push_str(&format!("x-h{i}: value {i}\r\n"));
+            }
+            text.push_str("\r\nBODY");
+            BytesMut::from(text.as_bytes())
+        };
+        let mut buf = head(MAX_HEADERS);
+        let Ok(Parsed::Head(parsed)) = parse_head(&mut buf, false) else {
+            panic!("a head of {MAX_HEADERS} headers did not parse");
+        };
+        let headers = parsed.response.headers();
+        assert_eq!(headers.len(), MAX_HEADERS);
+        for i in 0..MAX_HEADERS {
+            assert_eq!(headers[format!("x-h{i}")], format!("value {i}"));
+        }
+        assert_eq!(&buf[..], b"BODY");
+
+        let Err(e) = parse_head(&mut head(MAX_HEADERS + 1), false) else {
+            panic!("a head over the limit parsed");
+        };
+        assert!(
+            e.failure.message.contains("not HTTP/1"),
+            "{}",
+            e.failure.message
+        );
+    }
 }
