@@ -157,14 +157,19 @@ impl TargetState {
             .observe(sample, Instant::now());
     }
 
-    /// A good answer: back in rotation, failure count cleared.
+    /// A good answer: back in rotation, failure count cleared. Called for
+    /// every answer, so the shared state is written only when it changes.
     pub fn success(&self) {
-        self.failures.store(0, Ordering::Relaxed);
-        self.firm.store(false, Ordering::Release);
-        if self.cooldown_until.swap(0, Ordering::AcqRel) != 0 {
+        if self.failures.load(Ordering::Relaxed) != 0 {
+            self.failures.store(0, Ordering::Relaxed);
+        }
+        if self.cooldown_until.load(Ordering::Acquire) != 0
+            && self.cooldown_until.swap(0, Ordering::AcqRel) != 0
+        {
+            self.firm.store(false, Ordering::Release);
+            self.gauge.set(1);
             tracing::info!(provider = %self.provider, model = %self.model, "target back in rotation");
         }
-        self.gauge.set(1);
     }
 
     /// A failure; the `after`-th in a row starts a cooldown of `duration`.
