@@ -247,14 +247,12 @@ impl Conn {
     }
 
     /// Reads more bytes into `buf`; 0 means the backend closed.
-    ///
-    /// Through `AsyncRead`, which marks the socket drained after a short
-    /// read, so that the next [`Conn::is_open`] needs no system call.
     async fn read(&mut self) -> io::Result<usize> {
-        self.buf.reserve(READ_SIZE);
-        self.io.read_buf(&mut self.buf).await
+        std::future::poll_fn(|cx| self.poll_read(cx)).await
     }
 
+    /// Through `AsyncRead`, which marks the socket drained after a short
+    /// read, so that the next [`Conn::is_open`] needs no system call.
     fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         self.buf.reserve(READ_SIZE);
         std::pin::pin!(self.io.read_buf(&mut self.buf)).poll(cx)
