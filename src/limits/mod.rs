@@ -407,6 +407,8 @@ impl Engine {
         let now = self.clock.now_ms();
         let estimate = estimate(call, policy.completion_estimate);
         let lease = fastrand::u64(..) >> 12;
+        // Worked out once, and only when a concurrency rule needs it.
+        let mut lease_until = None;
         let mut rules = Vec::new();
         let mut metas = Vec::new();
         let mut push = |owner, key: &Arc<str>, what: What, limit: u64, kind: RuleKind, budget| {
@@ -455,7 +457,9 @@ impl Engine {
                 );
             }
             if let Some(max) = spec.max_concurrent {
-                let until_ms = now + lease_for(&call.snapshot, alias).as_millis() as u64;
+                let until_ms = *lease_until.get_or_insert_with(|| {
+                    now + lease_for(&call.snapshot, alias).as_millis() as u64
+                });
                 push(
                     owner,
                     &keys.concurrency,
