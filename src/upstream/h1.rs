@@ -15,7 +15,7 @@
 
 use std::collections::VecDeque;
 use std::future::Future;
-use std::io::{self, IoSlice, Write as _};
+use std::io::{self, IoSlice};
 use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, Weak};
@@ -524,8 +524,9 @@ fn encode_head(parts: &http::request::Parts, body: &Bytes) -> Vec<u8> {
     }
     let bodiless = matches!(parts.method, Method::GET | Method::HEAD | Method::DELETE);
     if !(bodiless && body.is_empty()) {
-        // Into the head itself: no string is made for the number.
-        let _ = write!(head, "content-length: {}\r\n", body.len());
+        head.extend_from_slice(b"content-length: ");
+        head.extend_from_slice(itoa::Buffer::new().format(body.len()).as_bytes());
+        head.extend_from_slice(b"\r\n");
     }
     head.extend_from_slice(b"\r\n");
     head
