@@ -4,9 +4,11 @@
 //! rewritten to the name the client sent.
 
 use std::ops::Range;
+use std::sync::LazyLock;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use http::{HeaderMap, HeaderValue, Uri, header};
+use memchr::memmem;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
@@ -407,15 +409,16 @@ fn put_one_line(out: &mut BytesMut, json: &[u8]) {
 
 /// Whether a `choices` array holds a non-null `finish_reason`.
 fn has_finish_reason(choices: &str) -> bool {
-    let mut rest = choices;
-    while let Some(at) = rest.find("\"finish_reason\"") {
-        rest = &rest[at + 15..];
-        let value = rest
-            .trim_start()
-            .strip_prefix(':')
-            .unwrap_or("")
-            .trim_start();
-        if value.starts_with('"') {
+    // Built once: `str::find` would set up a new searcher for every chunk.
+    static KEY: LazyLock<memmem::Finder<'static>> =
+        LazyLock::new(|| memmem::Finder::new(b"\"finish_reason\""));
+    let mut rest = choices.as_bytes();
+    while let Some(at) = KEY.find(rest) {
+        rest = &rest[at + KEY.needle().len()..];
+        let value = rest.trim_ascii_start();
+        if let Some(value) = value.strip_prefix(b":")
+            && value.trim_ascii_start().first() == Some(&b'"')
+        {
             return true;
         }
     }
@@ -426,6 +429,23 @@ fn has_finish_reason(choices: &str) -> bool {
 mod tests {
     use super::*;
     use crate::upstream::Cause;
+
+    #[test]
+    fn a_finish_reason_counts_only_as_a_key_with_a_string() {
+        assert!(!has_finish_reason(r#"[{"delta":{},"finish_reason":null}]"#));
+        assert!(has_finish_reason(
+            r#"[{"delta":{},"finish_reason" :  "stop"}]"#
+        ));
+        assert!(has_finish_reason(
+            r#"[{"index":0,"finish_reason":null},{"index":1,"finish_reason":"length"}]"#
+        ));
+        // Inside a string the quotes are escaped: no key there.
+        assert!(!has_finish_reason(
+            r#"[{"delta":{"content":"say \"finish_reason\":\"x\""},"finish_reason":null}]"#
+        ));
+        assert!(!has_finish_reason(r#"[{"finish_reason"}]"#));
+        assert!(!has_finish_reason("[]"));
+    }
 
     #[test]
     fn usage_counts_are_read_past_nested_details() {
