@@ -138,7 +138,15 @@ impl RequestView {
         if body.trim_ascii_start().first() != Some(&b'{') {
             return Err(Error::invalid("the request body must be a JSON object"));
         }
-        let wire: Wire<'_> = serde_json::from_slice(body).map_err(|e| match e.classify() {
+        // UTF-8 is checked once for the whole body; serde then reads a str
+        // and need not check each string and raw value again.
+        let text = std::str::from_utf8(body).map_err(|e| {
+            Error::invalid(format!(
+                "the request body is not valid JSON: invalid UTF-8 at byte {}",
+                e.valid_up_to()
+            ))
+        })?;
+        let wire: Wire<'_> = serde_json::from_str(text).map_err(|e| match e.classify() {
             serde_json::error::Category::Data => {
                 Error::invalid(format!("invalid request body: {e}"))
             }
@@ -148,8 +156,15 @@ impl RequestView {
         let raw_model = wire
             .model
             .ok_or_else(|| Error::invalid_param("model", "you must provide a model parameter"))?;
-        let model: String = serde_json::from_str(raw_model.get())
-            .map_err(|_| Error::invalid_param("model", "`model` must be a string"))?;
+        let model: Box<str> = match raw_model.get().as_bytes() {
+            // serde has read the value: a string without escapes is its text.
+            [b'"', inner @ .., b'"'] if !inner.contains(&b'\\') => {
+                raw_model.get()[1..=inner.len()].into()
+            }
+            _ => serde_json::from_str::<String>(raw_model.get())
+                .map_err(|_| Error::invalid_param("model", "`model` must be a string"))?
+                .into(),
+        };
         if model.is_empty() {
             return Err(Error::invalid_param("model", "`model` must not be empty"));
         }
@@ -191,13 +206,18 @@ impl RequestView {
                 let raw = wire.messages.ok_or_else(|| {
                     Error::invalid_param("messages", "you must provide a `messages` array")
                 })?;
-                let count: MessageCount = serde_json::from_str(raw.get()).map_err(|_| {
-                    Error::invalid_param(
-                        "messages",
-                        "`messages` must be an array of message objects, each with a string `role`",
-                    )
-                })?;
-                if count.0 == 0 {
+                let count = match count_messages(raw.get().as_bytes()) {
+                    Some(n) => n,
+                    None => serde_json::from_str::<MessageCount>(raw.get())
+                        .map_err(|_| {
+                            Error::invalid_param(
+                                "messages",
+                                "`messages` must be an array of message objects, each with a string `role`",
+                            )
+                        })?
+                        .0,
+                };
+                if count == 0 {
                     return Err(Error::invalid_param(
                         "messages",
                         "`messages` must contain at least one message",
@@ -235,7 +255,7 @@ impl RequestView {
         };
 
         Ok(RequestView {
-            model: model.into_boxed_str(),
+            model,
             model_span: span_of(body, raw_model),
             stream,
             include_usage,
@@ -258,27 +278,42 @@ pub fn span_of(buffer: &[u8], raw: &RawValue) -> Range<usize> {
 /// Where the values of `names` sit among the top-level keys of a JSON object,
 /// found by a structural scan that neither builds nor validates values: the
 /// fast way through a backend's answers, which are relayed, not checked.
-/// `None` when the text is not shaped like one JSON object (or repeats a
-/// key): the caller then falls back to a real parse.
+/// `None` when the text is not shaped like one JSON object, repeats a key or
+/// spells a key with escapes: the caller then falls back to a real parse.
 pub fn top_level_spans<const N: usize>(
     text: &[u8],
     names: [&[u8]; N],
 ) -> Option<[Option<Range<usize>>; N]> {
+    let (found, end) = object_spans(text, skip_ws(text, 0), names)?;
+    (skip_ws(text, end) == text.len()).then_some(found)
+}
+
+/// The spans of `names` in the object that starts at `text[at]`, and the
+/// index just past its closing brace.
+fn object_spans<const N: usize>(
+    text: &[u8],
+    at: usize,
+    names: [&[u8]; N],
+) -> Option<([Option<Range<usize>>; N], usize)> {
     let mut found: [Option<Range<usize>>; N] = std::array::from_fn(|_| None);
-    let mut i = skip_ws(text, 0);
-    if text.get(i) != Some(&b'{') {
+    if text.get(at) != Some(&b'{') {
         return None;
     }
-    i = skip_ws(text, i + 1);
+    let mut i = skip_ws(text, at + 1);
     if text.get(i) == Some(&b'}') {
-        return (skip_ws(text, i + 1) == text.len()).then_some(found);
+        return Some((found, i + 1));
     }
     loop {
         if text.get(i) != Some(&b'"') {
             return None;
         }
-        let key_end = skip_string(text, i)?;
-        let key = &text[i + 1..key_end - 1];
+        // A key with an escape could spell one of `names`: not vouched for.
+        let key_end = i + 1 + quote_or_backslash(text.get(i + 1..)?)?;
+        if text[key_end] != b'"' {
+            return None;
+        }
+        let key = &text[i + 1..key_end];
+        let key_end = key_end + 1;
         i = skip_ws(text, key_end);
         if text.get(i) != Some(&b':') {
             return None;
@@ -294,7 +329,34 @@ pub fn top_level_spans<const N: usize>(
         i = skip_ws(text, end);
         match text.get(i) {
             Some(b',') => i = skip_ws(text, i + 1),
-            Some(b'}') => return (skip_ws(text, i + 1) == text.len()).then_some(found),
+            Some(b'}') => return Some((found, i + 1)),
+            _ => return None,
+        }
+    }
+}
+
+/// How many elements the JSON array `text` holds when each is an object
+/// whose `role` is a string, by a structural scan of text serde has already
+/// read. `None` when that cannot be vouched for; serde then decides.
+fn count_messages(text: &[u8]) -> Option<usize> {
+    if text.first() != Some(&b'[') {
+        return None;
+    }
+    let mut i = skip_ws(text, 1);
+    if text.get(i) == Some(&b']') {
+        return (i + 1 == text.len()).then_some(0);
+    }
+    let mut n = 0;
+    loop {
+        let ([role], end) = object_spans(text, i, [b"role"])?;
+        if text.get(role?.start) != Some(&b'"') {
+            return None;
+        }
+        n += 1;
+        i = skip_ws(text, end);
+        match text.get(i) {
+            Some(b',') => i = skip_ws(text, i + 1),
+            Some(b']') => return (i + 1 == text.len()).then_some(n),
             _ => return None,
         }
     }
@@ -307,11 +369,39 @@ fn skip_ws(text: &[u8], mut i: usize) -> usize {
     i
 }
 
+/// The first `"` or `\\` in `text`. JSON keys and most values are short:
+/// eight bytes at a time with word arithmetic first, the SIMD search
+/// (whose set-up costs more than a short string) only past 32 bytes.
+fn quote_or_backslash(text: &[u8]) -> Option<usize> {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
+    // High bit set in each byte of `x` that is zero; a byte above a zero
+    // byte may be flagged too, never one below, so the lowest flag is exact.
+    let zero_bytes = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
+    let mut i = 0;
+    while let Some(word) = text.get(i..i + 8) {
+        let w = u64::from_le_bytes(word.try_into().ok()?);
+        let hits =
+            zero_bytes(w ^ (ONES * u64::from(b'"'))) | zero_bytes(w ^ (ONES * u64::from(b'\\')));
+        if hits != 0 {
+            return Some(i + (hits.trailing_zeros() / 8) as usize);
+        }
+        i += 8;
+        if i == 32 {
+            return memchr::memchr2(b'"', b'\\', &text[i..]).map(|n| i + n);
+        }
+    }
+    text[i..]
+        .iter()
+        .position(|&b| b == b'"' || b == b'\\')
+        .map(|n| i + n)
+}
+
 /// `text[at]` is `"`: the index just past the closing quote.
 fn skip_string(text: &[u8], at: usize) -> Option<usize> {
     let mut i = at + 1;
     loop {
-        i += memchr::memchr2(b'"', b'\\', text.get(i..)?)?;
+        i += quote_or_backslash(text.get(i..)?)?;
         if text[i] == b'\\' {
             i += 2;
         } else {
@@ -519,6 +609,79 @@ mod tests {
         assert!(parse(Endpoint::Embeddings, r#"{"model":"m","input":""}"#).is_err());
         assert!(parse(Endpoint::Completions, r#"{"model":"m","prompt":5}"#).is_err());
         assert!(RequestView::parse(Endpoint::Chat, b"{\"model\":\"\xff\"}").is_err());
+        let e = RequestView::parse(
+            Endpoint::Chat,
+            b"{\"model\":\"m\",\"messages\":[{\"role\":\"\xc3\"}]}",
+        )
+        .unwrap_err();
+        assert!(
+            e.message.contains("invalid UTF-8 at byte 34"),
+            "{}",
+            e.message
+        );
+    }
+
+    #[test]
+    fn quotes_and_backslashes_are_found_at_every_offset() {
+        for len in 0..80 {
+            for at in 0..=len {
+                for mark in [b'"', b'\\'] {
+                    // Bytes next to the marks in value (0x21, 0x5b, 0x5d) and
+                    // high bytes, which the word arithmetic must not confuse.
+                    let mut text: Vec<u8> = (0..len)
+                        .map(|n| [b'a', 0x21, 0x5b, 0x5d, 0xa2, 0xdc, 0x00][n % 7])
+                        .collect();
+                    if at < len {
+                        text[at] = mark;
+                        // A second mark later must not hide the first.
+                        if at + 3 < len {
+                            text[at + 3] = b'"';
+                        }
+                    }
+                    let want = text.iter().position(|&b| b == b'"' || b == b'\\');
+                    assert_eq!(quote_or_backslash(&text), want, "len {len} at {at}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn messages_are_counted_as_serde_counts_them() {
+        let cases = [
+            r#"[]"#,
+            r#"[{"role":"user","content":"a\nb \"role\": 5"}]"#,
+            r#"[ {"role" : "system"} , {"content":[{"type":"text"}],"role":"user"} ]"#,
+            r#"[{"content":"x"}]"#,
+            r#"[{"role":5}]"#,
+            r#"[{"role":null}]"#,
+            r#"[{"role":"a","role":"b"}]"#,
+            r#"[{"r\u006fle":"user"}]"#,
+            r#"[["user"]]"#,
+            r#"["user"]"#,
+            r#"[{"role":"user"},5]"#,
+        ];
+        for case in cases {
+            let serde = serde_json::from_str::<MessageCount>(case).ok().map(|c| c.0);
+            // The scan may decline (serde then decides); when it answers, it agrees.
+            if let Some(n) = count_messages(case.as_bytes()) {
+                assert_eq!(Some(n), serde, "{case}");
+            }
+            let body = format!(r#"{{"model":"m","messages":{case}}}"#);
+            let parsed = parse(Endpoint::Chat, &body);
+            assert_eq!(
+                parsed.is_ok(),
+                serde.is_some_and(|n| n > 0),
+                "{case}: {parsed:?}"
+            );
+        }
+        assert_eq!(
+            count_messages(br#"[{"role":"user","content":"a\nb"}]"#),
+            Some(1)
+        );
+        assert_eq!(
+            count_messages(br#"[{"role":"system"},{"role":"user","content":"x"}]"#),
+            Some(2)
+        );
     }
 
     #[test]
