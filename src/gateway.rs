@@ -39,7 +39,7 @@ use crate::error::{Error, Kind};
 use crate::headers::{X_REQUEST_ID, X_SWITCHYARD_ATTEMPTS};
 use crate::limits::Ticket;
 use crate::limits::layer::Admitted;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, RequestLabels, RequestRecord};
 use crate::openai::{Endpoint, ModelList, ModelObject, RequestView, json_string};
 use crate::registry::{Registry, Snapshot};
 use crate::upstream::BoxError;
@@ -490,30 +490,24 @@ impl Record {
         } else {
             self.status.as_str()
         };
-        metrics
-            .requests
-            .with_label_values(&[endpoint, model, provider, key, status])
-            .inc();
-        metrics
-            .request_duration
-            .with_label_values(&[endpoint, model, provider])
-            .observe(elapsed.as_secs_f64());
-        if let (Some(ttft), Some(_)) = (self.first_byte, self.provider.as_ref()) {
-            metrics
-                .time_to_first_token
-                .with_label_values(&[model, provider])
-                .observe(ttft.as_secs_f64());
-        }
-        if let (Some(u), Some(_)) = (self.usage, self.provider.as_ref()) {
-            metrics
-                .tokens
-                .with_label_values(&[model, provider, key, "prompt"])
-                .inc_by(u.prompt_tokens);
-            metrics
-                .tokens
-                .with_label_values(&[model, provider, key, "completion"])
-                .inc_by(u.completion_tokens);
-        }
+        let reached = self.provider.is_some();
+        metrics.record_request(
+            &RequestLabels {
+                endpoint,
+                model,
+                provider,
+                key,
+                status,
+            },
+            &RequestRecord {
+                elapsed,
+                ttft: self.first_byte.filter(|_| reached),
+                tokens: self
+                    .usage
+                    .filter(|_| reached)
+                    .map(|u| (u.prompt_tokens, u.completion_tokens)),
+            },
+        );
         tracing::info!(
             target: "switchyard::access",
             request_id = self.request_id.to_str().unwrap_or(""),

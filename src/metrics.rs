@@ -3,8 +3,15 @@
 //! Label values come only from the config (alias, provider and key names) or
 //! from small fixed sets, so no request can grow the number of series.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 /// Whole requests: 5 ms to 10 min.
@@ -17,6 +24,8 @@ const TTFT_BUCKETS: &[f64] = &[
 ];
 
 pub struct Metrics {
+    /// Tells this instance's cached series from another's (tests run many).
+    id: u64,
     registry: Registry,
     pub requests: IntCounterVec,
     pub request_duration: HistogramVec,
@@ -150,7 +159,9 @@ impl Metrics {
         // Both results exist from the start, so rate() and alerts see zero, not absence.
         config_reloads.with_label_values(&["ok"]);
         config_reloads.with_label_values(&["rejected"]);
+        static INSTANCES: AtomicU64 = AtomicU64::new(0);
         Metrics {
+            id: INSTANCES.fetch_add(1, Ordering::Relaxed),
             registry,
             requests,
             request_duration,
@@ -175,6 +186,151 @@ impl Metrics {
     }
 }
 
+/// The labels of a finished request.
+pub struct RequestLabels<'a> {
+    pub endpoint: &'a str,
+    pub model: &'a str,
+    pub provider: &'a str,
+    pub key: &'a str,
+    pub status: &'a str,
+}
+
+/// What a finished request records.
+pub struct RequestRecord {
+    pub elapsed: Duration,
+    /// Recorded only for requests that reached a provider.
+    pub ttft: Option<Duration>,
+    /// Prompt and completion tokens, likewise.
+    pub tokens: Option<(u64, u64)>,
+}
+
+impl Metrics {
+    /// Records a finished request in the requests, duration, first-token and
+    /// token series. Their handles are kept per thread, found by one hash of
+    /// the labels: `with_label_values` hashes and looks up the labels of
+    /// each of the five series, on every request.
+    pub fn record_request(&self, labels: &RequestLabels<'_>, record: &RequestRecord) {
+        let hash = label_hash(self.id, labels);
+        SERIES.with_borrow_mut(|series| {
+            let bucket = series.entry(hash).or_default();
+            let at = match bucket.iter().position(|s| s.is(self.id, labels)) {
+                Some(at) => at,
+                None => {
+                    bucket.push(Series::new(self, labels));
+                    bucket.len() - 1
+                }
+            };
+            let s = &mut bucket[at];
+            s.requests.inc();
+            s.duration.observe(record.elapsed.as_secs_f64());
+            let [model, provider] = [labels.model, labels.provider];
+            if let Some(ttft) = record.ttft {
+                s.ttft
+                    .get_or_insert_with(|| {
+                        self.time_to_first_token
+                            .with_label_values(&[model, provider])
+                    })
+                    .observe(ttft.as_secs_f64());
+            }
+            if let Some((prompt, completion)) = record.tokens {
+                let (p, c) = s.tokens.get_or_insert_with(|| {
+                    let key = labels.key;
+                    (
+                        self.tokens
+                            .with_label_values(&[model, provider, key, "prompt"]),
+                        self.tokens
+                            .with_label_values(&[model, provider, key, "completion"]),
+                    )
+                });
+                p.inc_by(prompt);
+                c.inc_by(completion);
+            }
+        });
+    }
+}
+
+/// The handles of one request series. Label values come from the config, so
+/// there are as many as the registry itself holds; metrics are never removed,
+/// so a handle stays valid.
+struct Series {
+    metrics: u64,
+    labels: [Box<str>; 5],
+    requests: IntCounter,
+    duration: Histogram,
+    ttft: Option<Histogram>,
+    tokens: Option<(IntCounter, IntCounter)>,
+}
+
+impl Series {
+    fn new(metrics: &Metrics, l: &RequestLabels<'_>) -> Self {
+        Series {
+            metrics: metrics.id,
+            labels: [l.endpoint, l.model, l.provider, l.key, l.status].map(Box::from),
+            requests: metrics
+                .requests
+                .with_label_values(&[l.endpoint, l.model, l.provider, l.key, l.status]),
+            duration: metrics
+                .request_duration
+                .with_label_values(&[l.endpoint, l.model, l.provider]),
+            ttft: None,
+            tokens: None,
+        }
+    }
+
+    fn is(&self, metrics: u64, l: &RequestLabels<'_>) -> bool {
+        let [endpoint, model, provider, key, status] = &self.labels;
+        self.metrics == metrics
+            && **endpoint == *l.endpoint
+            && **model == *l.model
+            && **provider == *l.provider
+            && **key == *l.key
+            && **status == *l.status
+    }
+}
+
+thread_local! {
+    static SERIES: RefCell<HashMap<u64, Vec<Series>, BuildHasherDefault<Prehashed>>> =
+        RefCell::new(HashMap::default());
+}
+
+/// A word-at-a-time hash of the labels (they come from the config, so no
+/// client can choose them to collide); equality is checked on lookup.
+fn label_hash(metrics: u64, l: &RequestLabels<'_>) -> u64 {
+    const K: u64 = 0x517c_c1b7_2722_0a95;
+    let mix = |h: u64, word: u64| (h.rotate_left(5) ^ word).wrapping_mul(K);
+    let mut h = metrics;
+    for label in [l.endpoint, l.model, l.provider, l.key, l.status] {
+        let mut words = label.as_bytes().chunks_exact(8);
+        for word in &mut words {
+            h = mix(h, u64::from_le_bytes(word.try_into().unwrap_or_default()));
+        }
+        let mut tail = [0u8; 8];
+        tail[..words.remainder().len()].copy_from_slice(words.remainder());
+        h = mix(mix(h, u64::from_le_bytes(tail)), label.len() as u64);
+    }
+    h
+}
+
+/// The map's keys are hashes already.
+#[derive(Default)]
+struct Prehashed(u64);
+
+impl Hasher for Prehashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         Metrics::new()
@@ -196,5 +352,124 @@ impl Inflight {
 impl Drop for Inflight {
     fn drop(&mut self) {
         self.0.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(m: &Metrics) -> String {
+        String::from_utf8(m.render()).unwrap()
+    }
+
+    fn labels<'a>(model: &'a str, status: &'a str) -> RequestLabels<'a> {
+        RequestLabels {
+            endpoint: "chat",
+            model,
+            provider: "p",
+            key: "team",
+            status,
+        }
+    }
+
+    #[test]
+    fn cached_series_count_into_their_own_registry() {
+        let (a, b) = (Metrics::new(), Metrics::new());
+        let whole = RequestRecord {
+            elapsed: Duration::from_millis(20),
+            ttft: Some(Duration::from_millis(5)),
+            tokens: Some((7, 3)),
+        };
+        let bare = RequestRecord {
+            elapsed: Duration::from_millis(1),
+            ttft: None,
+            tokens: None,
+        };
+        for _ in 0..3 {
+            a.record_request(&labels("m", "200"), &whole);
+        }
+        a.record_request(&labels("m", "429"), &bare);
+        a.record_request(&labels("n", "200"), &bare);
+        b.record_request(&labels("m", "200"), &bare);
+
+        let a = text(&a);
+        let series =
+            |name: &str, labels: &str, value: &str| format!("{name}{{{labels}}} {value}\n");
+        for want in [
+            series(
+                "switchyard_requests_total",
+                r#"endpoint="chat",key="team",model="m",provider="p",status="200""#,
+                "3",
+            ),
+            series(
+                "switchyard_requests_total",
+                r#"endpoint="chat",key="team",model="m",provider="p",status="429""#,
+                "1",
+            ),
+            series(
+                "switchyard_requests_total",
+                r#"endpoint="chat",key="team",model="n",provider="p",status="200""#,
+                "1",
+            ),
+            series(
+                "switchyard_request_duration_seconds_count",
+                r#"endpoint="chat",model="m",provider="p""#,
+                "4",
+            ),
+            series(
+                "switchyard_time_to_first_token_seconds_count",
+                r#"model="m",provider="p""#,
+                "3",
+            ),
+            series(
+                "switchyard_tokens_total",
+                r#"key="team",kind="prompt",model="m",provider="p""#,
+                "21",
+            ),
+            series(
+                "switchyard_tokens_total",
+                r#"key="team",kind="completion",model="m",provider="p""#,
+                "9",
+            ),
+        ] {
+            assert!(a.contains(&want), "missing {want} in\n{a}");
+        }
+        // Nothing recorded, no series: model "n" had no first token or tokens.
+        assert!(!a.contains(r#"first_token_seconds_count{model="n""#), "{a}");
+        assert!(!a.contains(r#"kind="prompt",model="n""#), "{a}");
+
+        let b = text(&b);
+        assert!(
+            b.contains(&series(
+                "switchyard_requests_total",
+                r#"endpoint="chat",key="team",model="m",provider="p",status="200""#,
+                "1"
+            )),
+            "{b}"
+        );
+        assert!(!b.contains("switchyard_tokens_total{"), "{b}");
+    }
+
+    #[test]
+    fn label_hashes_see_every_label_and_where_it_ends() {
+        let h = |m: &str, p: &str| {
+            label_hash(
+                0,
+                &RequestLabels {
+                    endpoint: "chat",
+                    model: m,
+                    provider: p,
+                    key: "k",
+                    status: "200",
+                },
+            )
+        };
+        assert_ne!(h("ab", "c"), h("a", "bc"));
+        assert_ne!(
+            h("a-very-long-model-name-1", "p"),
+            h("a-very-long-model-name-2", "p")
+        );
+        assert_eq!(h("same", "p"), h("same", "p"));
     }
 }
