@@ -372,6 +372,7 @@ fn skip_ws(text: &[u8], mut i: usize) -> usize {
 /// The first `"` or `\\` in `text`. JSON keys and most values are short:
 /// eight bytes at a time with word arithmetic first, the SIMD search
 /// (whose set-up costs more than a short string) only past 32 bytes.
+#[inline]
 fn quote_or_backslash(text: &[u8]) -> Option<usize> {
     const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
     const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
