@@ -369,7 +369,7 @@ fn skip_ws(text: &[u8], mut i: usize) -> usize {
     i
 }
 
-/// The first `"` or `\\` in `text`. JSON keys and most values are short:
+/// The first `"` or `\` in `text`. JSON keys and most values are short:
 /// eight bytes at a time with word arithmetic first, the SIMD search
 /// (whose set-up costs more than a short string) only past 32 bytes.
 #[inline]
