@@ -686,6 +686,84 @@ mod tests {
     }
 
     #[test]
+    fn the_messages_scan_agrees_with_serde_on_generated_arrays() {
+        // Message arrays built from awkward pieces (escaped keys and values,
+        // repeated or missing roles, nested values, odd whitespace), kept
+        // when they are valid JSON, which is all the scan is ever given.
+        const KEYS: &[&str] = &[
+            r#""role""#,
+            r#""role""#,
+            r#""content""#,
+            r#""r\u006fle""#,
+            r#""name""#,
+            r#""rol""#,
+            r#""role ""#,
+        ];
+        const VALUES: &[&str] = &[
+            r#""user""#,
+            r#""a \"role\": \"x\" \\""#,
+            r#""\u00e9\n""#,
+            "5",
+            "null",
+            "true",
+            r#"{"role":"inner"}"#,
+            r#"[{"role":"x"},"]"]"#,
+            r#""""#,
+        ];
+        const GAPS: &[&str] = &["", " ", "\n\t", "\r\n  "];
+        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = |n: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % n as u64) as usize
+        };
+        let mut answered = 0;
+        for _ in 0..20_000 {
+            let mut text = String::from("[");
+            let elements = next(4);
+            for e in 0..elements {
+                if e > 0 {
+                    text.push(',');
+                }
+                text.push_str(GAPS[next(GAPS.len())]);
+                match next(10) {
+                    0 => text.push_str(VALUES[next(VALUES.len())]),
+                    _ => {
+                        text.push('{');
+                        for f in 0..next(4) {
+                            if f > 0 {
+                                text.push(',');
+                            }
+                            text.push_str(GAPS[next(GAPS.len())]);
+                            text.push_str(KEYS[next(KEYS.len())]);
+                            text.push_str(GAPS[next(GAPS.len())]);
+                            text.push(':');
+                            text.push_str(GAPS[next(GAPS.len())]);
+                            text.push_str(VALUES[next(VALUES.len())]);
+                        }
+                        text.push('}');
+                    }
+                }
+                text.push_str(GAPS[next(GAPS.len())]);
+            }
+            text.push(']');
+            if serde_json::from_str::<&RawValue>(&text).is_err() {
+                continue;
+            }
+            let serde = serde_json::from_str::<MessageCount>(&text)
+                .ok()
+                .map(|c| c.0);
+            if let Some(n) = count_messages(text.as_bytes()) {
+                assert_eq!(Some(n), serde, "{text}");
+                answered += 1;
+            }
+        }
+        // The fast path must answer for the ordinary shapes, not only decline.
+        assert!(answered > 1_000, "the scan answered {answered} times");
+    }
+
+    #[test]
     fn top_level_values_are_found_without_a_parse() {
         let text = br#" {"id":"x","choices":[{"delta":{"content":"a \"model\": }"}}],"model" : "m\"1","usage":null} "#;
         let [model, usage, missing] =
