@@ -4,15 +4,14 @@
 //! from small fixed sets, so no request can grow the number of series.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use hashbrown::{Equivalent, HashMap};
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
     Registry, TextEncoder,
 };
+use thread_local::ThreadLocal;
 
 /// Whole requests: 5 ms to 10 min.
 const DURATION_BUCKETS: &[f64] = &[
@@ -24,9 +23,9 @@ const TTFT_BUCKETS: &[f64] = &[
 ];
 
 pub struct Metrics {
-    /// Tells this instance's cached series from another's (tests run many).
-    id: u64,
     registry: Registry,
+    /// The handles of finished requests' series, per thread (see `record_request`).
+    series: ThreadLocal<RefCell<HashMap<SeriesKey, Series>>>,
     pub requests: IntCounterVec,
     pub request_duration: HistogramVec,
     pub time_to_first_token: HistogramVec,
@@ -159,10 +158,9 @@ impl Metrics {
         // Both results exist from the start, so rate() and alerts see zero, not absence.
         config_reloads.with_label_values(&["ok"]);
         config_reloads.with_label_values(&["rejected"]);
-        static INSTANCES: AtomicU64 = AtomicU64::new(0);
         Metrics {
-            id: INSTANCES.fetch_add(1, Ordering::Relaxed),
             registry,
+            series: ThreadLocal::new(),
             requests,
             request_duration,
             time_to_first_token,
@@ -206,46 +204,74 @@ pub struct RequestRecord {
 
 impl Metrics {
     /// Records a finished request in the requests, duration, first-token and
-    /// token series. Their handles are kept per thread, found by one hash of
-    /// the labels: `with_label_values` hashes and looks up the labels of
-    /// each of the five series, on every request.
+    /// token series. Their handles are kept per thread and found by one
+    /// lookup of the labels: `with_label_values` hashes and looks up the
+    /// labels of each of the five series, on every request.
     pub fn record_request(&self, labels: &RequestLabels<'_>, record: &RequestRecord) {
-        let hash = label_hash(self.id, labels);
-        SERIES.with_borrow_mut(|series| {
-            let bucket = series.entry(hash).or_default();
-            let at = match bucket.iter().position(|s| s.is(self.id, labels)) {
-                Some(at) => at,
-                None => {
-                    bucket.push(Series::new(self, labels));
-                    bucket.len() - 1
-                }
-            };
-            let s = &mut bucket[at];
-            s.requests.inc();
-            s.duration.observe(record.elapsed.as_secs_f64());
-            let [model, provider] = [labels.model, labels.provider];
-            if let Some(ttft) = record.ttft {
-                s.ttft
-                    .get_or_insert_with(|| {
-                        self.time_to_first_token
-                            .with_label_values(&[model, provider])
-                    })
-                    .observe(ttft.as_secs_f64());
-            }
-            if let Some((prompt, completion)) = record.tokens {
-                let (p, c) = s.tokens.get_or_insert_with(|| {
-                    let key = labels.key;
-                    (
-                        self.tokens
-                            .with_label_values(&[model, provider, key, "prompt"]),
-                        self.tokens
-                            .with_label_values(&[model, provider, key, "completion"]),
-                    )
-                });
-                p.inc_by(prompt);
-                c.inc_by(completion);
-            }
-        });
+        let mut series = self.series.get_or_default().borrow_mut();
+        let s = match series.get_mut(labels) {
+            Some(s) => s,
+            None => series
+                .entry(SeriesKey(labels.all().map(Box::from)))
+                .or_insert(Series::new(self, labels)),
+        };
+        s.requests.inc();
+        s.duration.observe(record.elapsed.as_secs_f64());
+        let RequestLabels {
+            model,
+            provider,
+            key,
+            ..
+        } = *labels;
+        if let Some(ttft) = record.ttft {
+            s.ttft
+                .get_or_insert_with(|| {
+                    self.time_to_first_token
+                        .with_label_values(&[model, provider])
+                })
+                .observe(ttft.as_secs_f64());
+        }
+        if let Some((prompt, completion)) = record.tokens {
+            let (p, c) = s.tokens.get_or_insert_with(|| {
+                (
+                    self.tokens
+                        .with_label_values(&[model, provider, key, "prompt"]),
+                    self.tokens
+                        .with_label_values(&[model, provider, key, "completion"]),
+                )
+            });
+            p.inc_by(prompt);
+            c.inc_by(completion);
+        }
+    }
+}
+
+impl RequestLabels<'_> {
+    fn all(&self) -> [&str; 5] {
+        [
+            self.endpoint,
+            self.model,
+            self.provider,
+            self.key,
+            self.status,
+        ]
+    }
+}
+
+/// A request series' labels, owned: the key of the per-thread map.
+#[derive(PartialEq, Eq, Hash)]
+struct SeriesKey([Box<str>; 5]);
+
+impl std::hash::Hash for RequestLabels<'_> {
+    // As `SeriesKey` hashes: the same strings, in the same order.
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.all().hash(state);
+    }
+}
+
+impl Equivalent<SeriesKey> for RequestLabels<'_> {
+    fn equivalent(&self, key: &SeriesKey) -> bool {
+        self.all().iter().zip(&key.0).all(|(a, b)| *a == &**b)
     }
 }
 
@@ -253,8 +279,6 @@ impl Metrics {
 /// there are as many as the registry itself holds; metrics are never removed,
 /// so a handle stays valid.
 struct Series {
-    metrics: u64,
-    labels: [Box<str>; 5],
     requests: IntCounter,
     duration: Histogram,
     ttft: Option<Histogram>,
@@ -264,70 +288,13 @@ struct Series {
 impl Series {
     fn new(metrics: &Metrics, l: &RequestLabels<'_>) -> Self {
         Series {
-            metrics: metrics.id,
-            labels: [l.endpoint, l.model, l.provider, l.key, l.status].map(Box::from),
-            requests: metrics
-                .requests
-                .with_label_values(&[l.endpoint, l.model, l.provider, l.key, l.status]),
+            requests: metrics.requests.with_label_values(&l.all()),
             duration: metrics
                 .request_duration
                 .with_label_values(&[l.endpoint, l.model, l.provider]),
             ttft: None,
             tokens: None,
         }
-    }
-
-    fn is(&self, metrics: u64, l: &RequestLabels<'_>) -> bool {
-        let [endpoint, model, provider, key, status] = &self.labels;
-        self.metrics == metrics
-            && **endpoint == *l.endpoint
-            && **model == *l.model
-            && **provider == *l.provider
-            && **key == *l.key
-            && **status == *l.status
-    }
-}
-
-thread_local! {
-    static SERIES: RefCell<HashMap<u64, Vec<Series>, BuildHasherDefault<Prehashed>>> =
-        RefCell::new(HashMap::default());
-}
-
-/// A word-at-a-time hash of the labels (they come from the config, so no
-/// client can choose them to collide); equality is checked on lookup.
-fn label_hash(metrics: u64, l: &RequestLabels<'_>) -> u64 {
-    const K: u64 = 0x517c_c1b7_2722_0a95;
-    let mix = |h: u64, word: u64| (h.rotate_left(5) ^ word).wrapping_mul(K);
-    let mut h = metrics;
-    for label in [l.endpoint, l.model, l.provider, l.key, l.status] {
-        let mut words = label.as_bytes().chunks_exact(8);
-        for word in &mut words {
-            h = mix(h, u64::from_le_bytes(word.try_into().unwrap_or_default()));
-        }
-        let mut tail = [0u8; 8];
-        tail[..words.remainder().len()].copy_from_slice(words.remainder());
-        h = mix(mix(h, u64::from_le_bytes(tail)), label.len() as u64);
-    }
-    h
-}
-
-/// The map's keys are hashes already.
-#[derive(Default)]
-struct Prehashed(u64);
-
-impl Hasher for Prehashed {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(b);
-        }
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
     }
 }
 
@@ -452,24 +419,15 @@ mod tests {
     }
 
     #[test]
-    fn label_hashes_see_every_label_and_where_it_ends() {
-        let h = |m: &str, p: &str| {
-            label_hash(
-                0,
-                &RequestLabels {
-                    endpoint: "chat",
-                    model: m,
-                    provider: p,
-                    key: "k",
-                    status: "200",
-                },
-            )
-        };
-        assert_ne!(h("ab", "c"), h("a", "bc"));
-        assert_ne!(
-            h("a-very-long-model-name-1", "p"),
-            h("a-very-long-model-name-2", "p")
-        );
-        assert_eq!(h("same", "p"), h("same", "p"));
+    fn labels_find_the_series_they_name_and_only_it() {
+        use std::hash::BuildHasher;
+        let owned = |l: &RequestLabels<'_>| SeriesKey(l.all().map(Box::from));
+        let hasher = hashbrown::DefaultHashBuilder::default();
+        let (a, b) = (labels("ab", "200"), labels("a", "200"));
+        // Borrowed labels hash as their owned key does, or lookups would miss.
+        assert_eq!(hasher.hash_one(&a), hasher.hash_one(owned(&a)));
+        assert!(a.equivalent(&owned(&a)));
+        assert!(!a.equivalent(&owned(&b)));
+        assert!(!a.equivalent(&owned(&labels("ab", "500"))));
     }
 }
