@@ -257,17 +257,17 @@ fn parse_usage(json: &[u8]) -> Option<Usage> {
     serde_json::from_slice::<Option<Usage>>(json).ok().flatten()
 }
 
-/// A JSON number that is a non-negative integer, as serde would read a `u64`.
+/// A JSON number that is a non-negative integer, as serde would read a `u64`:
+/// digits without a leading zero, read in the one pass that checks them.
 fn json_count(text: &[u8]) -> Option<u64> {
-    let well_formed = match text {
-        [b'0'] => true,
-        [b'1'..=b'9', rest @ ..] => rest.iter().all(u8::is_ascii_digit),
-        _ => false,
-    };
-    if !well_formed {
-        return None;
+    match text {
+        [b'0'] => Some(0),
+        [b'1'..=b'9', ..] => text.iter().try_fold(0u64, |n, &b| {
+            let digit = b.checked_sub(b'0').filter(|d| *d <= 9)?;
+            n.checked_mul(10)?.checked_add(u64::from(digit))
+        }),
+        _ => None,
     }
-    std::str::from_utf8(text).ok()?.parse().ok()
 }
 
 /// Rewrites `model` in a whole response and reads its usage.
@@ -445,6 +445,29 @@ mod tests {
         ));
         assert!(!has_finish_reason(r#"[{"finish_reason"}]"#));
         assert!(!has_finish_reason("[]"));
+    }
+
+    #[test]
+    fn counts_are_read_as_serde_reads_a_u64() {
+        for text in [
+            "0",
+            "7",
+            "42",
+            "18446744073709551615",
+            "18446744073709551616",
+            "00",
+            "-0",
+            "1.0",
+            "1a",
+            "",
+            "٣",
+        ] {
+            assert_eq!(
+                json_count(text.as_bytes()),
+                serde_json::from_str::<u64>(text).ok(),
+                "{text}"
+            );
+        }
     }
 
     #[test]
