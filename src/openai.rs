@@ -284,16 +284,28 @@ pub fn top_level_spans<const N: usize>(
     text: &[u8],
     names: [&[u8]; N],
 ) -> Option<[Option<Range<usize>>; N]> {
-    let (found, end) = object_spans(text, skip_ws(text, 0), names)?;
+    let (found, end) = object_spans(text, skip_ws(text, 0), names, false)?;
     (skip_ws(text, end) == text.len()).then_some(found)
 }
 
+/// The span of the first top-level `name` in the JSON object `text`, by the
+/// same scan as [`top_level_spans`], which here stops at that value: what
+/// follows it is not looked at (a caller that must know `name` is not
+/// repeated searches the rest for it). `None` when `name` is not there or
+/// the scan cannot vouch for what it read.
+pub fn first_top_level(text: &[u8], name: &[u8]) -> Option<Range<usize>> {
+    let ([found], _) = object_spans(text, skip_ws(text, 0), [name], true)?;
+    found
+}
+
 /// The spans of `names` in the object that starts at `text[at]`, and the
-/// index just past its closing brace.
+/// index just past its closing brace; with `stop_when_found`, the index just
+/// past the value that completed `names` instead, once all are found.
 fn object_spans<const N: usize>(
     text: &[u8],
     at: usize,
     names: [&[u8]; N],
+    stop_when_found: bool,
 ) -> Option<([Option<Range<usize>>; N], usize)> {
     let mut found: [Option<Range<usize>>; N] = std::array::from_fn(|_| None);
     if text.get(at) != Some(&b'{') {
@@ -325,6 +337,9 @@ fn object_spans<const N: usize>(
                 return None;
             }
             found[slot] = Some(start..end);
+            if stop_when_found && found.iter().all(Option::is_some) {
+                return Some((found, end));
+            }
         }
         i = skip_ws(text, end);
         match text.get(i) {
@@ -348,7 +363,7 @@ fn count_messages(text: &[u8]) -> Option<usize> {
     }
     let mut n = 0;
     loop {
-        let ([role], end) = object_spans(text, i, [b"role"])?;
+        let ([role], end) = object_spans(text, i, [b"role"], false)?;
         if text.get(role?.start) != Some(&b'"') {
             return None;
         }
@@ -788,6 +803,23 @@ mod tests {
                 String::from_utf8_lossy(text)
             );
         }
+    }
+
+    #[test]
+    fn the_first_top_level_value_is_found_without_reading_on() {
+        let text = br#"{"id":"x","choices":[{"model":"inner"}],"model":"m","usage":{"#;
+        let span = first_top_level(text, b"model").unwrap();
+        assert_eq!(&text[span], b"\"m\"");
+        // What follows the value is not read: a broken tail does not matter
+        // here (top_level_spans, which reads it all, refuses it).
+        assert!(top_level_spans(text, [b"model"]).is_none());
+        assert_eq!(first_top_level(br#"{"a":1}"#, b"model"), None);
+        // An escaped key before it could spell anything: not vouched for.
+        assert_eq!(
+            first_top_level(br#"{"\u0061":1,"model":2}"#, b"model"),
+            None
+        );
+        assert_eq!(first_top_level(b"[1]", b"model"), None);
     }
 
     #[test]

@@ -17,7 +17,9 @@ use crate::call::Call;
 use crate::config::{Path, Problem, raw};
 use crate::error::Error;
 
-use crate::openai::{Endpoint, SSE_DONE, Usage, json_string, span_of, splice, top_level_spans};
+use crate::openai::{
+    Endpoint, SSE_DONE, Usage, first_top_level, json_string, span_of, splice, top_level_spans,
+};
 use crate::stream::sse::Event;
 use crate::stream::{Decoder, Framed, Handler};
 use crate::upstream::Failure;
@@ -355,21 +357,15 @@ impl PassthroughState {
             return Err(super::in_band_failure(data.as_bytes()));
         }
         let bytes = data.as_bytes();
-        let [model, usage, error, choices] =
-            match top_level_spans(bytes, [b"model", b"usage", b"error", b"choices"]) {
-                Some(spans) => spans,
-                None => {
-                    let peek: Peek<'_> = serde_json::from_str(data)
-                        .map_err(|e| Failure::protocol(format!("an event is not JSON: {e}")))?;
-                    let span = |raw: Option<&RawValue>| raw.map(|r| span_of(bytes, r));
-                    [
-                        span(peek.model),
-                        span(peek.usage),
-                        span(peek.error),
-                        span(peek.choices),
-                    ]
-                }
-            };
+        // `finish_reason` is looked for in `finishes`: the choices, or the
+        // whole of a chunk whose choices were not looked for.
+        let (model, usage, error, choices, finishes) = match lone_model(bytes) {
+            Some(model) => (Some(model), None, None, None, Some(0..bytes.len())),
+            None => {
+                let [model, usage, error, choices] = event_spans(data)?;
+                (model, usage, error, choices.clone(), choices)
+            }
+        };
         if error.is_some_and(|e| &bytes[e] != b"null") {
             return Err(super::in_band_failure(bytes));
         }
@@ -379,7 +375,7 @@ impl PassthroughState {
                 return Ok(());
             }
         }
-        if choices.is_some_and(|c| has_finish_reason(&data[c])) {
+        if finishes.is_some_and(|c| has_finish_reason(&data[c])) {
             self.finished = true;
         }
         out.reserve(data.len() + self.model_json.len() + 8);
@@ -397,6 +393,24 @@ impl PassthroughState {
     }
 }
 
+/// Where `model`, `usage`, `error` and `choices` are in an event: by the
+/// structural scan, or by serde where the scan cannot vouch for the text.
+fn event_spans(data: &str) -> Result<[Option<Range<usize>>; 4], Failure> {
+    let bytes = data.as_bytes();
+    if let Some(spans) = top_level_spans(bytes, [b"model", b"usage", b"error", b"choices"]) {
+        return Ok(spans);
+    }
+    let peek: Peek<'_> = serde_json::from_str(data)
+        .map_err(|e| Failure::protocol(format!("an event is not JSON: {e}")))?;
+    let span = |raw: Option<&RawValue>| raw.map(|r| span_of(bytes, r));
+    Ok([
+        span(peek.model),
+        span(peek.usage),
+        span(peek.error),
+        span(peek.choices),
+    ])
+}
+
 /// Copies JSON text, turning the newlines of a multi-line `data` event into
 /// spaces (JSON strings cannot hold raw newlines, so only whitespace changes).
 fn put_one_line(out: &mut BytesMut, json: &[u8]) {
@@ -407,7 +421,39 @@ fn put_one_line(out: &mut BytesMut, json: &[u8]) {
     }
 }
 
-/// Whether a `choices` array holds a non-null `finish_reason`.
+/// Where `model` is in a chunk that has one `model` and no `usage` or
+/// `error` key, the usual chunk: found without scanning the choices, which
+/// a fast substring search vouches hold no such key. `None` leaves the
+/// event to the full scan.
+fn lone_model(event: &[u8]) -> Option<Range<usize>> {
+    struct Keys {
+        model: memmem::Finder<'static>,
+        usage: memmem::Finder<'static>,
+        error: memmem::Finder<'static>,
+    }
+    // Built once: a searcher's set-up costs more than searching a chunk.
+    static KEYS: LazyLock<Keys> = LazyLock::new(|| Keys {
+        model: memmem::Finder::new(b"\"model\""),
+        usage: memmem::Finder::new(b"\"usage\""),
+        error: memmem::Finder::new(b"\"error\""),
+    });
+    // In a string these quotes would be escaped: a hit is a key, or a
+    // string value that happens to spell one (the full scan then decides).
+    if KEYS.usage.find(event).is_some()
+        || KEYS.error.find(event).is_some()
+        || event.trim_ascii_end().last() != Some(&b'}')
+    {
+        return None;
+    }
+    let model = first_top_level(event, b"model")?;
+    let rest = &event[model.end..];
+    (matches!(rest.trim_ascii_start().first(), Some(b',' | b'}'))
+        && KEYS.model.find(rest).is_none())
+    .then_some(model)
+}
+
+/// Whether a `choices` array (or a chunk holding one) has a non-null
+/// `finish_reason`.
 fn has_finish_reason(choices: &str) -> bool {
     // Built once: `str::find` would set up a new searcher for every chunk.
     static KEY: LazyLock<memmem::Finder<'static>> =
@@ -429,6 +475,101 @@ fn has_finish_reason(choices: &str) -> bool {
 mod tests {
     use super::*;
     use crate::upstream::Cause;
+
+    #[test]
+    fn the_lone_model_of_a_chunk_is_found_only_when_nothing_else_is_there() {
+        let plain = r#"{"id":"c","model":"m","choices":[{"delta":{"content":"say \"model\" and \"usage\""},"finish_reason":null}]}"#;
+        assert_eq!(&plain[lone_model(plain.as_bytes()).unwrap()], r#""m""#);
+        for full_scan in [
+            r#"{"model":"m","choices":[],"usage":{"prompt_tokens":1}}"#,
+            r#"{"model":"m","error":{"message":"x"}}"#,
+            r#"{"model":"m","model":"n"}"#,
+            r#"{"model":"m","choices":[{"model":"inner"}]}"#,
+            r#"{"model":"m","choices":[{"logprobs":{"content":[{"token":"usage"}]}}]}"#,
+            r#"{"id":"c","choices":[]}"#,
+            r#"{"model":"m","choices":["#,
+            r#"{"model":"a"b","choices":[]}"#,
+        ] {
+            assert_eq!(lone_model(full_scan.as_bytes()), None, "{full_scan}");
+        }
+    }
+
+    /// The shortcut must relay what the full scan relays: on generated
+    /// chunks, whenever `lone_model` answers, the full scan finds the same
+    /// `model`, no `usage` or `error`, and the same finish.
+    #[test]
+    fn the_lone_model_agrees_with_the_full_scan_on_generated_chunks() {
+        let mut rng = fastrand::Rng::with_seed(8);
+        fn pick(rng: &mut fastrand::Rng, items: &[&'static str]) -> &'static str {
+            items[rng.usize(..items.len())]
+        }
+        let texts = [
+            r#""hi""#,
+            r#""say \"model\": 1""#,
+            r#""\"usage\"""#,
+            r#""finish_reason""#,
+            r#""a\\""#,
+            r#""""#,
+        ];
+        let (mut answered, mut declined) = (0, 0);
+        for _ in 0..20_000 {
+            let choice = format!(
+                r#"{{"index":0,"delta":{{"content":{}}},"finish_reason":{}{}}}"#,
+                pick(&mut rng, &texts),
+                pick(&mut rng, &["null", r#""stop""#, r#" "length""#, "null"]),
+                pick(
+                    &mut rng,
+                    &[
+                        "",
+                        "",
+                        r#","logprobs":{"content":[{"token":"usage"}]}"#,
+                        r#","x":{"model":1}"#
+                    ]
+                ),
+            );
+            let mut members = vec![
+                r#""id":"chatcmpl-1""#.to_string(),
+                format!(
+                    r#""model":{}"#,
+                    pick(&mut rng, &[r#""m""#, r#""a\"b""#, "null"])
+                ),
+                format!(r#""choices":[{choice}]"#),
+                r#""created":1"#.to_string(),
+            ];
+            for extra in [
+                r#""usage":null"#,
+                r#""error":null"#,
+                r#""model":"n""#,
+                r#""object":"chat.completion.chunk""#,
+            ] {
+                if rng.u8(..8) == 0 {
+                    members.push(extra.to_string());
+                }
+            }
+            rng.shuffle(&mut members);
+            let chunk = format!("{{{}}}", members.join(pick(&mut rng, &[",", ", ", " ,\n"])));
+            let bytes = chunk.as_bytes();
+            let Some(model) = lone_model(bytes) else {
+                declined += 1;
+                continue;
+            };
+            answered += 1;
+            let [full_model, usage, error, choices] =
+                top_level_spans(bytes, [b"model", b"usage", b"error", b"choices"])
+                    .unwrap_or_else(|| panic!("full scan refused {chunk}"));
+            assert_eq!(Some(model), full_model, "{chunk}");
+            assert_eq!((usage, error), (None, None), "{chunk}");
+            assert_eq!(
+                has_finish_reason(&chunk),
+                has_finish_reason(&chunk[choices.unwrap()]),
+                "{chunk}"
+            );
+        }
+        assert!(
+            answered > 5_000 && declined > 5_000,
+            "{answered} / {declined}"
+        );
+    }
 
     #[test]
     fn a_finish_reason_counts_only_as_a_key_with_a_string() {
