@@ -298,6 +298,37 @@ pub fn first_top_level(text: &[u8], name: &[u8]) -> Option<Range<usize>> {
     found
 }
 
+/// The index of the closing brace that ends `text`, when only JSON
+/// whitespace follows it.
+pub fn final_brace(text: &[u8]) -> Option<usize> {
+    let last = text
+        .iter()
+        .rposition(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'))?;
+    (text[last] == b'}').then_some(last)
+}
+
+/// Where the value of the key that starts at `text[at]` (where a substring
+/// search found `"name"`, `key_len` bytes) must lie if that member closes
+/// the JSON object `text`: a key after `{` or `,`, then `:`, and the value
+/// from there to the outermost closing brace. It is that member exactly
+/// when the span holds one JSON value (a member nested deeper leaves
+/// closing brackets in it), which the caller checks as it reads the value.
+pub fn closing_member(text: &[u8], at: usize, key_len: usize) -> Option<Range<usize>> {
+    if !matches!(text[..at].trim_ascii_end().last(), Some(b'{' | b',')) {
+        return None;
+    }
+    let colon = skip_ws(text, at + key_len);
+    if text.get(colon) != Some(&b':') {
+        return None;
+    }
+    let start = skip_ws(text, colon + 1);
+    let mut end = final_brace(text)?;
+    while end > start && matches!(text[end - 1], b' ' | b'\t' | b'\n' | b'\r') {
+        end -= 1;
+    }
+    (end > start).then_some(start..end)
+}
+
 /// The spans of `names` in the object that starts at `text[at]`, and the
 /// index just past its closing brace; with `stop_when_found`, the index just
 /// past the value that completed `names` instead, once all are found.
@@ -820,6 +851,33 @@ mod tests {
             None
         );
         assert_eq!(first_top_level(b"[1]", b"model"), None);
+    }
+
+    #[test]
+    fn the_closing_member_is_found_from_its_key() {
+        fn find(text: &str) -> Option<&str> {
+            let at = text.find("\"usage\"").unwrap();
+            closing_member(text.as_bytes(), at, 7).map(|span| &text[span])
+        }
+        assert_eq!(find(r#"{"a":[1],"usage":{"n":1}}"#), Some(r#"{"n":1}"#));
+        assert_eq!(find("{ \"usage\" : 5 }\n"), Some("5"));
+        // Nested, or the object unclosed: the span is not one value, which
+        // the caller's reading of it sees.
+        for (text, span) in [
+            (r#"{"a":{"usage":{"n":1}}}"#, r#"{"n":1}}"#),
+            (r#"{"usage":{"n":1}"#, r#"{"n":1"#),
+        ] {
+            assert_eq!(find(text), Some(span));
+            assert_eq!(top_level_spans(span.as_bytes(), [b"n"]), None);
+        }
+        // A string value, not a key.
+        assert_eq!(find(r#"{"a":"usage"}"#), None);
+        assert_eq!(find(r#"{"a":["usage":1]}"#), None);
+        // Not closed by a brace.
+        assert_eq!(find("{\"usage\":1}\u{c}"), None);
+        assert_eq!(find(r#"{"usage":}"#), None);
+        assert_eq!(final_brace(b"{} \r\n\t"), Some(1));
+        assert_eq!(final_brace(b"{}x"), None);
     }
 
     #[test]

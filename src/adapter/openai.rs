@@ -18,7 +18,8 @@ use crate::config::{Path, Problem, raw};
 use crate::error::Error;
 
 use crate::openai::{
-    Endpoint, SSE_DONE, Usage, first_top_level, json_string, span_of, splice, top_level_spans,
+    Endpoint, SSE_DONE, Usage, closing_member, final_brace, first_top_level, json_string, span_of,
+    splice, top_level_spans,
 };
 use crate::stream::sse::Event;
 use crate::stream::{Decoder, Framed, Handler};
@@ -236,27 +237,26 @@ struct Peek<'a> {
 }
 
 fn parse_usage(json: &[u8]) -> Option<Usage> {
-    // The usual shape, plain counts beside nested details, is read from the
-    // spans of the three counts; anything else goes through serde.
-    if let Some([prompt, completion, total]) = top_level_spans(
+    plain_usage(json).or_else(|| serde_json::from_slice::<Option<Usage>>(json).ok().flatten())
+}
+
+/// The usual shape of usage, one object of plain counts beside nested
+/// details, read from the spans of the three counts. `None` for anything
+/// else, including text that is not exactly one object.
+fn plain_usage(json: &[u8]) -> Option<Usage> {
+    let [prompt, completion, total] = top_level_spans(
         json,
         [b"prompt_tokens", b"completion_tokens", b"total_tokens"],
-    ) {
-        let count = |span: Option<Range<usize>>| match span {
-            None => Some(0),
-            Some(span) => json_count(&json[span]),
-        };
-        if let (Some(prompt_tokens), Some(completion_tokens), Some(total_tokens)) =
-            (count(prompt), count(completion), count(total))
-        {
-            return Some(Usage {
-                prompt_tokens,
-                completion_tokens,
-                total_tokens,
-            });
-        }
-    }
-    serde_json::from_slice::<Option<Usage>>(json).ok().flatten()
+    )?;
+    let count = |span: Option<Range<usize>>| match span {
+        None => Some(0),
+        Some(span) => json_count(&json[span]),
+    };
+    Some(Usage {
+        prompt_tokens: count(prompt)?,
+        completion_tokens: count(completion)?,
+        total_tokens: count(total)?,
+    })
 }
 
 /// A JSON number that is a non-negative integer, as serde would read a `u64`:
@@ -272,21 +272,69 @@ fn json_count(text: &[u8]) -> Option<u64> {
     }
 }
 
-/// Rewrites `model` in a whole response and reads its usage.
-pub fn rewrite_response(body: Bytes, model_json: &[u8]) -> Result<Converted, Failure> {
-    let (model, usage) = match top_level_spans(&body, [b"model", b"usage"]) {
-        Some([model, usage]) => (model, usage),
+/// Substring searches for the keys the shortcuts below look for. In a JSON
+/// string these quotes would be escaped: a hit is a key, or a string value
+/// that happens to spell one (the full scan then decides).
+struct Keys {
+    model: memmem::Finder<'static>,
+    usage: memmem::Finder<'static>,
+    error: memmem::Finder<'static>,
+}
+
+/// Built once: a searcher's set-up costs more than searching a response.
+static KEYS: LazyLock<Keys> = LazyLock::new(|| Keys {
+    model: memmem::Finder::new(b"\"model\""),
+    usage: memmem::Finder::new(b"\"usage\""),
+    error: memmem::Finder::new(b"\"error\""),
+});
+
+/// Where `model` is in the usual whole response, and its usage: one
+/// `model`, found by walking the members up to it, and `usage`, if any, a
+/// plain object that closes the response, found by a substring search and
+/// read (which checks it is one object, so the member closing the
+/// response). `None` leaves the response to the full scan.
+fn response_spans(body: &[u8]) -> Option<(Range<usize>, Option<Usage>)> {
+    let model = first_top_level(body, b"model")?;
+    if KEYS.model.find(&body[model.end..]).is_some() {
+        return None;
+    }
+    let usage = match KEYS.usage.find(body) {
+        // The first `"usage"`: if it closes the object, any later one is
+        // inside its value.
+        Some(at) => {
+            let span = closing_member(body, at, KEYS.usage.needle().len())?;
+            Some(plain_usage(&body[span])?)
+        }
+        // Without usage, nothing after `model` is walked: it must at
+        // least close.
         None => {
-            let peek: Peek<'_> = serde_json::from_slice(&body).map_err(|e| {
-                Failure::protocol(format!("the response is not a JSON object: {e}"))
-            })?;
-            (
-                peek.model.map(|raw| span_of(&body, raw)),
-                peek.usage.map(|raw| span_of(&body, raw)),
-            )
+            final_brace(body)?;
+            None
         }
     };
-    let usage = usage.and_then(|span| parse_usage(&body[span]));
+    Some((model, usage))
+}
+
+/// Rewrites `model` in a whole response and reads its usage.
+pub fn rewrite_response(body: Bytes, model_json: &[u8]) -> Result<Converted, Failure> {
+    let (model, usage) = match response_spans(&body) {
+        Some((model, usage)) => (Some(model), usage),
+        None => {
+            let (model, usage) = match top_level_spans(&body, [b"model", b"usage"]) {
+                Some([model, usage]) => (model, usage),
+                None => {
+                    let peek: Peek<'_> = serde_json::from_slice(&body).map_err(|e| {
+                        Failure::protocol(format!("the response is not a JSON object: {e}"))
+                    })?;
+                    (
+                        peek.model.map(|raw| span_of(&body, raw)),
+                        peek.usage.map(|raw| span_of(&body, raw)),
+                    )
+                }
+            };
+            (model, usage.and_then(|span| parse_usage(&body[span])))
+        }
+    };
     let body = match model {
         Some(span) => splice(&body, span, model_json),
         None => body,
@@ -426,22 +474,9 @@ fn put_one_line(out: &mut BytesMut, json: &[u8]) {
 /// a fast substring search vouches hold no such key. `None` leaves the
 /// event to the full scan.
 fn lone_model(event: &[u8]) -> Option<Range<usize>> {
-    struct Keys {
-        model: memmem::Finder<'static>,
-        usage: memmem::Finder<'static>,
-        error: memmem::Finder<'static>,
-    }
-    // Built once: a searcher's set-up costs more than searching a chunk.
-    static KEYS: LazyLock<Keys> = LazyLock::new(|| Keys {
-        model: memmem::Finder::new(b"\"model\""),
-        usage: memmem::Finder::new(b"\"usage\""),
-        error: memmem::Finder::new(b"\"error\""),
-    });
-    // In a string these quotes would be escaped: a hit is a key, or a
-    // string value that happens to spell one (the full scan then decides).
     if KEYS.usage.find(event).is_some()
         || KEYS.error.find(event).is_some()
-        || event.trim_ascii_end().last() != Some(&b'}')
+        || final_brace(event).is_none()
     {
         return None;
     }
@@ -476,6 +511,128 @@ mod tests {
     use super::*;
     use crate::upstream::Cause;
 
+    fn pick(rng: &mut fastrand::Rng, items: &[&'static str]) -> &'static str {
+        items[rng.usize(..items.len())]
+    }
+
+    /// An id, a `model` (plain, escaped or null) and `choices`, as the
+    /// members of a generated response or chunk.
+    fn members(rng: &mut fastrand::Rng, choices: String) -> Vec<String> {
+        vec![
+            r#""id":"chatcmpl-1""#.to_string(),
+            format!(r#""model":{}"#, pick(rng, &[r#""m""#, r#""a\"b""#, "null"])),
+            choices,
+        ]
+    }
+
+    /// The response shortcut must find what the full scan finds: on
+    /// generated responses, whenever it answers, the full scan agrees.
+    #[test]
+    fn the_response_shortcut_agrees_with_the_full_scan_on_generated_responses() {
+        let mut rng = fastrand::Rng::with_seed(80);
+        let (mut answered, mut declined) = (0, 0);
+        for _ in 0..20_000 {
+            let message = format!(
+                r#"{{"role":"assistant","content":{}{}}}"#,
+                pick(
+                    &mut rng,
+                    &[
+                        r#""hi""#,
+                        r#""hi""#,
+                        r#""hi""#,
+                        r#""the \"usage\": 1""#,
+                        r#""model""#,
+                        r#""usage""#
+                    ]
+                ),
+                pick(
+                    &mut rng,
+                    &[
+                        "",
+                        "",
+                        "",
+                        "",
+                        "",
+                        r#","usage":{"n":1}"#,
+                        r#","model":"inner""#,
+                        r#","x":{"usage":{}}"#
+                    ]
+                ),
+            );
+            let mut members = members(
+                &mut rng,
+                format!(r#""choices":[{{"index":0,"message":{message}}}]"#),
+            );
+            for extra in [
+                r#""created":1"#,
+                r#""model":"n""#,
+                r#""system_fingerprint":"fp""#,
+            ] {
+                if rng.u8(..6) == 0 {
+                    members.push(extra.to_string());
+                }
+            }
+            rng.shuffle(&mut members);
+            let usage = pick(
+                &mut rng,
+                &[
+                    r#""usage":{"prompt_tokens":3,"completion_tokens":4,"total_tokens":7}"#,
+                    r#""usage" : { "prompt_tokens": 3, "details": {"usage": 1} }"#,
+                    r#""usage":null"#,
+                    "",
+                ],
+            );
+            if !usage.is_empty() {
+                // Mostly last, as backends send it; sometimes anywhere.
+                let at = if rng.bool() {
+                    members.len()
+                } else {
+                    rng.usize(..=members.len())
+                };
+                members.insert(at, usage.to_string());
+            }
+            let sep = pick(&mut rng, &[",", ", ", " ,\n"]);
+            let body = format!("{{{}}}{}", members.join(sep), pick(&mut rng, &["", "\n"]));
+            let Some((model, usage)) = response_spans(body.as_bytes()) else {
+                declined += 1;
+                continue;
+            };
+            answered += 1;
+            let [full_model, full_usage] = top_level_spans(body.as_bytes(), [b"model", b"usage"])
+                .unwrap_or_else(|| panic!("full scan refused {body}"));
+            assert_eq!(Some(model), full_model, "{body}");
+            assert_eq!(
+                usage,
+                full_usage.and_then(|span| parse_usage(&body.as_bytes()[span])),
+                "{body}"
+            );
+        }
+        assert!(
+            answered > 4_000 && declined > 4_000,
+            "{answered} / {declined}"
+        );
+    }
+
+    #[test]
+    fn a_response_the_shortcut_cannot_vouch_for_takes_the_full_scan() {
+        for body in [
+            r#"{"usage":{"prompt_tokens":1},"model":"m"}"#,
+            r#"{"model":"m","choices":[{"usage":{}}],"usage":{}}"#,
+            r#"{"model":"m","model":"n"}"#,
+            r#"{"model":"m","usage":{"prompt_tokens":1}"#,
+            r#"{"model":"m","choices":["#,
+            r#"{"choices":[]}"#,
+            r#"{"model":"m","usage":null}"#,
+            r#"{"model":"m","x":{"usage":{"prompt_tokens":1}}}"#,
+        ] {
+            assert_eq!(response_spans(body.as_bytes()), None, "{body}");
+        }
+        let body = r#"{"id":"x","model":"m","choices":[],"usage":{"prompt_tokens":2}}"#;
+        let (model, usage) = response_spans(body.as_bytes()).unwrap();
+        assert_eq!(&body[model], r#""m""#);
+        assert_eq!(usage.unwrap().prompt_tokens, 2);
+    }
+
     #[test]
     fn the_lone_model_of_a_chunk_is_found_only_when_nothing_else_is_there() {
         let plain = r#"{"id":"c","model":"m","choices":[{"delta":{"content":"say \"model\" and \"usage\""},"finish_reason":null}]}"#;
@@ -500,9 +657,6 @@ mod tests {
     #[test]
     fn the_lone_model_agrees_with_the_full_scan_on_generated_chunks() {
         let mut rng = fastrand::Rng::with_seed(8);
-        fn pick(rng: &mut fastrand::Rng, items: &[&'static str]) -> &'static str {
-            items[rng.usize(..items.len())]
-        }
         let texts = [
             r#""hi""#,
             r#""say \"model\": 1""#,
@@ -527,15 +681,8 @@ mod tests {
                     ]
                 ),
             );
-            let mut members = vec![
-                r#""id":"chatcmpl-1""#.to_string(),
-                format!(
-                    r#""model":{}"#,
-                    pick(&mut rng, &[r#""m""#, r#""a\"b""#, "null"])
-                ),
-                format!(r#""choices":[{choice}]"#),
-                r#""created":1"#.to_string(),
-            ];
+            let mut members = members(&mut rng, format!(r#""choices":[{choice}]"#));
+            members.push(r#""created":1"#.to_string());
             for extra in [
                 r#""usage":null"#,
                 r#""error":null"#,
