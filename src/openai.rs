@@ -457,40 +457,50 @@ fn skip_string(text: &[u8], at: usize) -> Option<usize> {
     }
 }
 
-/// The index just past the value that starts at `at`.
+/// The index just past the value that starts at `at`. Small enough to
+/// inline: most values are strings and numbers, and the walk through a
+/// nested object or array keeps its registers to itself.
+#[inline]
 fn skip_value(text: &[u8], at: usize) -> Option<usize> {
     match *text.get(at)? {
         b'"' => skip_string(text, at),
-        b'{' | b'[' => {
-            let mut depth = 0usize;
-            let mut i = at;
-            while i < text.len() {
-                match text[i] {
-                    b'"' => {
-                        i = skip_string(text, i)?;
-                        continue;
-                    }
-                    b'{' | b'[' => depth += 1,
-                    b'}' | b']' => {
-                        depth = depth.checked_sub(1)?;
-                        if depth == 0 {
-                            return Some(i + 1);
-                        }
-                    }
-                    _ => {}
-                }
-                i += 1;
-            }
-            None
-        }
+        b'{' | b'[' => skip_nested(text, at),
         _ => {
-            let end = text[at..]
-                .iter()
-                .position(|b| matches!(b, b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r'))
-                .map_or(text.len(), |n| at + n);
+            // A number, `true`, `false` or `null`: up to what may follow it.
+            let mut end = at;
+            while let Some(&b) = text.get(end)
+                && !matches!(b, b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r')
+            {
+                end += 1;
+            }
             (end > at).then_some(end)
         }
     }
+}
+
+/// The index just past the object or array that starts at `at`.
+#[inline(never)]
+fn skip_nested(text: &[u8], at: usize) -> Option<usize> {
+    let mut depth = 0usize;
+    let mut i = at;
+    while i < text.len() {
+        match text[i] {
+            b'"' => {
+                i = skip_string(text, i)?;
+                continue;
+            }
+            b'{' | b'[' => depth += 1,
+            b'}' | b']' => {
+                depth = depth.checked_sub(1)?;
+                if depth == 0 {
+                    return Some(i + 1);
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    None
 }
 
 /// `body` with `span` replaced by `replacement`, in one allocation.
