@@ -320,18 +320,7 @@ pub fn rewrite_response(body: Bytes, model_json: &[u8]) -> Result<Converted, Fai
     let (model, usage) = match response_spans(&body) {
         Some((model, usage)) => (Some(model), usage),
         None => {
-            let (model, usage) = match top_level_spans(&body, [b"model", b"usage"]) {
-                Some([model, usage]) => (model, usage),
-                None => {
-                    let peek: Peek<'_> = serde_json::from_slice(&body).map_err(|e| {
-                        Failure::protocol(format!("the response is not a JSON object: {e}"))
-                    })?;
-                    (
-                        peek.model.map(|raw| span_of(&body, raw)),
-                        peek.usage.map(|raw| span_of(&body, raw)),
-                    )
-                }
-            };
+            let [model, usage] = whole_response_spans(&body)?;
             (model, usage.and_then(|span| parse_usage(&body[span])))
         }
     };
@@ -340,6 +329,18 @@ pub fn rewrite_response(body: Bytes, model_json: &[u8]) -> Result<Converted, Fai
         None => body,
     };
     Ok(Converted::Json { body, usage })
+}
+
+/// Where `model` and `usage` are in any whole response: by the structural
+/// scan of every member, or by serde where the scan cannot vouch for it.
+fn whole_response_spans(body: &[u8]) -> Result<[Option<Range<usize>>; 2], Failure> {
+    if let Some(spans) = top_level_spans(body, [b"model", b"usage"]) {
+        return Ok(spans);
+    }
+    let peek: Peek<'_> = serde_json::from_slice(body)
+        .map_err(|e| Failure::protocol(format!("the response is not a JSON object: {e}")))?;
+    let span = |raw: Option<&RawValue>| raw.map(|r| span_of(body, r));
+    Ok([span(peek.model), span(peek.usage)])
 }
 
 /// Relays an OpenAI event stream, rewriting `model` in each chunk.
