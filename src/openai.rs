@@ -301,10 +301,8 @@ pub fn first_top_level(text: &[u8], name: &[u8]) -> Option<Range<usize>> {
 /// The index of the closing brace that ends `text`, when only JSON
 /// whitespace follows it.
 pub fn final_brace(text: &[u8]) -> Option<usize> {
-    let last = text
-        .iter()
-        .rposition(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'))?;
-    (text[last] == b'}').then_some(last)
+    let text = trim_ws_end(text);
+    (text.last() == Some(&b'}')).then(|| text.len() - 1)
 }
 
 /// Where the value of the key that starts at `text[at]` (where a substring
@@ -314,7 +312,7 @@ pub fn final_brace(text: &[u8]) -> Option<usize> {
 /// when the span holds one JSON value (a member nested deeper leaves
 /// closing brackets in it), which the caller checks as it reads the value.
 pub fn closing_member(text: &[u8], at: usize, key_len: usize) -> Option<Range<usize>> {
-    if !matches!(text[..at].trim_ascii_end().last(), Some(b'{' | b',')) {
+    if !matches!(trim_ws_end(&text[..at]).last(), Some(b'{' | b',')) {
         return None;
     }
     let colon = skip_ws(text, at + key_len);
@@ -322,10 +320,7 @@ pub fn closing_member(text: &[u8], at: usize, key_len: usize) -> Option<Range<us
         return None;
     }
     let start = skip_ws(text, colon + 1);
-    let mut end = final_brace(text)?;
-    while end > start && matches!(text[end - 1], b' ' | b'\t' | b'\n' | b'\r') {
-        end -= 1;
-    }
+    let end = start + trim_ws_end(text.get(start..final_brace(text)?)?).len();
     (end > start).then_some(start..end)
 }
 
@@ -408,11 +403,28 @@ fn count_messages(text: &[u8]) -> Option<usize> {
     }
 }
 
+/// JSON's whitespace (RFC 8259), narrower than `u8::is_ascii_whitespace`,
+/// which takes the form feed too.
+fn is_ws(b: &u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\n' | b'\r')
+}
+
 fn skip_ws(text: &[u8], mut i: usize) -> usize {
     while let Some(b' ' | b'\t' | b'\n' | b'\r') = text.get(i) {
         i += 1;
     }
     i
+}
+
+/// `text` without the JSON whitespace it starts with.
+pub fn trim_ws_start(text: &[u8]) -> &[u8] {
+    &text[skip_ws(text, 0)..]
+}
+
+/// `text` without the JSON whitespace it ends with.
+pub fn trim_ws_end(text: &[u8]) -> &[u8] {
+    let end = text.iter().rposition(|b| !is_ws(b)).map_or(0, |i| i + 1);
+    &text[..end]
 }
 
 /// The first `"` or `\` in `text`. JSON keys and most values are short:

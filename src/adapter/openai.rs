@@ -19,7 +19,7 @@ use crate::error::Error;
 
 use crate::openai::{
     Endpoint, SSE_DONE, Usage, closing_member, final_brace, first_top_level, json_string, span_of,
-    splice, top_level_spans,
+    splice, top_level_spans, trim_ws_start,
 };
 use crate::stream::sse::Event;
 use crate::stream::{Decoder, Framed, Handler};
@@ -483,9 +483,8 @@ fn lone_model(event: &[u8]) -> Option<Range<usize>> {
     }
     let model = first_top_level(event, b"model")?;
     let rest = &event[model.end..];
-    (matches!(rest.trim_ascii_start().first(), Some(b',' | b'}'))
-        && KEYS.model.find(rest).is_none())
-    .then_some(model)
+    (matches!(trim_ws_start(rest).first(), Some(b',' | b'}')) && KEYS.model.find(rest).is_none())
+        .then_some(model)
 }
 
 /// Whether a `choices` array (or a chunk holding one) has a non-null
@@ -647,6 +646,8 @@ mod tests {
             r#"{"id":"c","choices":[]}"#,
             r#"{"model":"m","choices":["#,
             r#"{"model":"a"b","choices":[]}"#,
+            // A form feed is not JSON whitespace.
+            "{\"model\":\"m\"\u{c},\"choices\":[]}",
         ] {
             assert_eq!(lone_model(full_scan.as_bytes()), None, "{full_scan}");
         }
