@@ -779,13 +779,8 @@ mod tests {
             r#""""#,
         ];
         const GAPS: &[&str] = &["", " ", "\n\t", "\r\n  "];
-        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
-        let mut next = |n: usize| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            (seed % n as u64) as usize
-        };
+        let mut rng = fastrand::Rng::with_seed(0x2545_f491_4f6c_dd1d);
+        let mut next = |n: usize| rng.usize(..n);
         let mut answered = 0;
         for _ in 0..20_000 {
             let mut text = String::from("[");
