@@ -98,7 +98,9 @@ where
         model = tracing::field::Empty,
     );
 
-    let handled = handle(&state, snapshot, request, &mut record)
+    // Boxed: inline, the handler's future (about 2 KB) would be copied into
+    // the span's wrapper and again whenever this future moves or is boxed.
+    let handled = Box::pin(handle(&state, snapshot, request, &mut record))
         .instrument(span)
         .await;
     let mut response = match handled {

@@ -140,11 +140,14 @@ impl tower::Service<Attempt> for Pick {
 
     fn call(&mut self, attempt: Attempt) -> Self::Future {
         let metrics = self.metrics.clone();
-        Box::pin(async move { try_target(attempt, &metrics).await })
+        Box::pin(try_target(attempt, metrics))
     }
 }
 
-async fn try_target(attempt: Attempt, metrics: &Metrics) -> Result<Response<Body>, DispatchError> {
+async fn try_target(
+    attempt: Attempt,
+    metrics: Arc<Metrics>,
+) -> Result<Response<Body>, DispatchError> {
     let (index, probe, last_resort) =
         match choose(&attempt.alias.targets, &attempt.tried, Instant::now()) {
             Choice::Target(i, probe) => (i, probe, false),
@@ -196,7 +199,9 @@ async fn try_target(attempt: Attempt, metrics: &Metrics) -> Result<Response<Body
     let state = &target.state;
     let in_flight = state.begin();
     let started = Instant::now();
-    let result = attempt::attempt(call, target, model, permit, metrics)
+    // Boxed for the same reason as the gateway's handler: the attempt's
+    // future (about 3 KB) is then written once, not copied on every move.
+    let result = Box::pin(attempt::attempt(call, target, model, permit, &metrics))
         .instrument(span.clone())
         .await;
     let _in_span = span.enter();
