@@ -1,13 +1,15 @@
 //! What the request path knows about one client request once it is routed.
 
-use std::sync::Arc;
 use std::sync::atomic::AtomicU32;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
 use http::HeaderValue;
 use tokio::time::Instant;
 
 use crate::auth::Caller;
+use crate::dispatch::Served;
+use crate::limits::Ticket;
 use crate::openai::{Endpoint, RequestView};
 use crate::registry::Snapshot;
 use crate::route::Route;
@@ -30,4 +32,23 @@ pub struct Call {
     pub started: Instant,
     /// Upstream tries so far, across retries and fallbacks.
     pub attempts: AtomicU32,
+    /// What dispatch hands back besides the response.
+    pub outcome: Mutex<Outcome>,
+}
+
+/// Set by the layers that produced a response, read by the gateway once
+/// dispatch returns (a field here, not a response extension: no map and
+/// no boxes to allocate per request).
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// The admission ticket, settled with the real usage when the answer ends.
+    pub ticket: Option<Ticket>,
+    /// Which target answered.
+    pub served: Option<Served>,
+}
+
+impl Call {
+    pub fn outcome(&self) -> MutexGuard<'_, Outcome> {
+        self.outcome.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }

@@ -34,11 +34,10 @@ use crate::auth::Caller;
 use crate::body::Body;
 use crate::call::Call;
 use crate::discovery::Discovery;
-use crate::dispatch::{self, Served};
+use crate::dispatch;
 use crate::error::{Error, Kind};
 use crate::headers::{X_REQUEST_ID, X_SWITCHYARD_ATTEMPTS};
 use crate::limits::Ticket;
-use crate::limits::layer::Admitted;
 use crate::metrics::{Metrics, RequestLabels, RequestRecord};
 use crate::openai::{Endpoint, ModelList, ModelObject, RequestView, json_string};
 use crate::registry::{Registry, Snapshot};
@@ -114,14 +113,6 @@ where
     };
     response.headers_mut().insert(X_REQUEST_ID, request_id);
     record.status = response.status();
-    if let Some(admitted) = response.extensions_mut().remove::<Admitted>() {
-        record.ticket = admitted.take();
-    }
-    if let Some(served) = response.extensions_mut().remove::<Served>() {
-        record.provider = Some(served.provider);
-        record.backend_model = Some(served.model);
-        record.usage = served.usage;
-    }
     Ok(response.map(|body| Observed::new(body, record, state)))
 }
 
@@ -242,9 +233,17 @@ where
         route,
         started: record.started,
         attempts: AtomicU32::new(0),
+        outcome: Default::default(),
     });
     let result = dispatch::dispatch(call.clone(), &state.registry.shared).await;
     record.attempts = call.attempts.load(Ordering::Relaxed);
+    let outcome = std::mem::take(&mut *call.outcome());
+    record.ticket = outcome.ticket;
+    if let Some(served) = outcome.served {
+        record.provider = Some(served.provider);
+        record.backend_model = Some(served.model);
+        record.usage = served.usage;
+    }
     let mut response = result?;
     if record.attempts > 1
         && let Ok(v) = HeaderValue::try_from(record.attempts.to_string())

@@ -245,6 +245,7 @@ fn call(snapshot: Arc<switchyard::registry::Snapshot>, body: &str) -> Call {
         view,
         started: tokio::time::Instant::now(),
         attempts: Default::default(),
+        outcome: Default::default(),
     }
 }
 

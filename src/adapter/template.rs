@@ -894,6 +894,7 @@ pub(crate) mod testing {
             route,
             started: tokio::time::Instant::now(),
             attempts: Default::default(),
+            outcome: Default::default(),
         };
         (provider, call)
     }

@@ -26,7 +26,7 @@ use crate::stream::Relay;
 use crate::stream::chunks::{Shape, render_completion, render_embeddings, synthesize};
 use crate::upstream::{Cause, Failure, UpstreamBody, error_chain};
 
-/// Which target answered; put in the response's extensions.
+/// Which target answered; handed back through the call's outcome.
 #[derive(Debug, Clone)]
 pub struct Served {
     pub provider: Arc<str>,
@@ -153,7 +153,7 @@ pub async fn attempt(
     if let Ok(v) = HeaderValue::try_from(&**model) {
         headers.insert(X_SWITCHYARD_MODEL, v);
     }
-    response.extensions_mut().insert(Served {
+    call.outcome().served = Some(Served {
         provider: provider.id.clone(),
         model: model.clone(),
         usage,

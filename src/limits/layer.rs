@@ -1,31 +1,21 @@
 //! The admission layer: the outermost tower layer of dispatch. It checks and
 //! charges the caller's and the alias's limits, adds the `x-ratelimit-*`
-//! headers, and hands the [`Ticket`] to the response, whose body settles it
-//! with the real usage when it ends.
+//! headers, and hands the [`Ticket`] back through the call's outcome; the
+//! response's body settles it with the real usage when it ends.
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::Response;
 use tower::ServiceExt;
 
-use super::{Engine, Ticket};
+use super::Engine;
 use crate::body::Body;
 use crate::call::Call;
 use crate::error::Error;
 use crate::openai::Usage;
-
-/// The ticket, as a response extension (extensions must be `Clone`).
-#[derive(Clone, Debug)]
-pub struct Admitted(pub Arc<Mutex<Option<Ticket>>>);
-
-impl Admitted {
-    pub fn take(&self) -> Option<Ticket> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).take()
-    }
-}
 
 #[derive(Clone)]
 pub struct Admit<S> {
@@ -57,14 +47,12 @@ where
         let engine = self.engine.clone();
         Box::pin(async move {
             let ticket = engine.admit(&call).await?;
-            match inner.oneshot(call).await {
+            match inner.oneshot(call.clone()).await {
                 Ok(mut response) => {
                     for (name, value) in ticket.headers() {
                         response.headers_mut().insert(name.clone(), value.clone());
                     }
-                    response
-                        .extensions_mut()
-                        .insert(Admitted(Arc::new(Mutex::new(Some(ticket)))));
+                    call.outcome().ticket = Some(ticket);
                     Ok(response)
                 }
                 Err(mut e) => {
