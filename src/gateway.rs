@@ -26,12 +26,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body::{Body as HttpBody, Frame};
-use http_body_util::{BodyExt, Limited};
 use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::auth::Caller;
-use crate::body::Body;
+use crate::body::{Body, WholeError};
 use crate::call::Call;
 use crate::discovery::Discovery;
 use crate::dispatch;
@@ -370,12 +369,13 @@ where
     if declared.is_some_and(|n| n > limit) {
         return Err(too_large());
     }
-    let limited = Limited::new(body, limit as usize);
-    match tokio::time::timeout(within, limited.collect()).await {
-        Ok(Ok(collected)) => Ok(collected.to_bytes()),
-        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
-        Ok(Err(e)) => Err(Error::invalid(format!(
-            "the request body could not be read: {e}"
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    match tokio::time::timeout(within, crate::body::whole(body, limit)).await {
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(WholeError::TooLarge)) => Err(too_large()),
+        Ok(Err(WholeError::Body(e))) => Err(Error::invalid(format!(
+            "the request body could not be read: {}",
+            e.into()
         ))),
         Err(_) => {
             let mut e = Error::new(

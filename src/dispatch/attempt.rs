@@ -9,12 +9,11 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Limited};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 
 use crate::adapter::{Converted, UpstreamRequest};
-use crate::body::Body;
+use crate::body::{Body, WholeError};
 use crate::call::Call;
 use crate::error::{Error, Kind};
 use crate::headers::{X_ACCEL_BUFFERING, X_REQUEST_ID, X_SWITCHYARD_MODEL, X_SWITCHYARD_PROVIDER};
@@ -225,12 +224,12 @@ pub(crate) async fn read_body(
     limit: usize,
     deadline: Instant,
 ) -> Result<Bytes, Failure> {
-    match tokio::time::timeout_at(deadline, Limited::new(body, limit).collect()).await {
-        Ok(Ok(collected)) => Ok(collected.to_bytes()),
-        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(Failure::protocol(
-            format!("the response is larger than {limit} bytes"),
-        )),
-        Ok(Err(e)) => Err(Failure::protocol(format!(
+    match tokio::time::timeout_at(deadline, crate::body::whole(body, limit)).await {
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(WholeError::TooLarge)) => Err(Failure::protocol(format!(
+            "the response is larger than {limit} bytes"
+        ))),
+        Ok(Err(WholeError::Body(e))) => Err(Failure::protocol(format!(
             "the response broke off: {}",
             error_chain(&*e)
         ))),
