@@ -92,17 +92,18 @@ impl Adapter for OpenAi {
             Endpoint::Embeddings => &self.embeddings,
             Endpoint::Models => return Err(Error::internal("models is not proxied")),
         };
-        let mut edits: Vec<(Range<usize>, Bytes)> = Vec::new();
+        // At most two edits: no list to allocate for them.
+        let mut edits: [(Range<usize>, Bytes); 2] = Default::default();
+        let mut n = 0;
         if call.view.model.as_ref() != model {
-            edits.push((call.view.model_span.clone(), json_string(model)));
+            edits[n] = (call.view.model_span.clone(), json_string(model));
+            n += 1;
         }
         if self.asks_usage(call) {
-            edits.push(usage_edit(
-                &call.body,
-                call.view.stream_options_span.clone(),
-            ));
+            edits[n] = usage_edit(&call.body, call.view.stream_options_span.clone());
+            n += 1;
         }
-        let body = splice_all(&call.body, edits);
+        let body = splice_all(&call.body, &mut edits[..n]);
         Ok(UpstreamRequest {
             uri: uri.clone(),
             headers: json_headers(call.view.stream),
@@ -180,7 +181,7 @@ pub(super) fn usage_edit(
 }
 
 /// `body` with every span replaced; no edit, no copy.
-fn splice_all(body: &Bytes, edits: Vec<(Range<usize>, Bytes)>) -> Bytes {
+fn splice_all(body: &Bytes, edits: &mut [(Range<usize>, Bytes)]) -> Bytes {
     if edits.is_empty() {
         body.clone()
     } else {
@@ -190,12 +191,12 @@ fn splice_all(body: &Bytes, edits: Vec<(Range<usize>, Bytes)>) -> Bytes {
 
 /// `body` with every span replaced, in one allocation; spans in any order,
 /// not overlapping.
-pub(super) fn splice_many<T: AsRef<[u8]>>(body: &[u8], mut edits: Vec<(Range<usize>, T)>) -> Bytes {
+pub(super) fn splice_many<T: AsRef<[u8]>>(body: &[u8], edits: &mut [(Range<usize>, T)]) -> Bytes {
     edits.sort_by_key(|(span, _)| span.start);
     let extra: usize = edits.iter().map(|(_, w)| w.as_ref().len()).sum();
     let mut out = BytesMut::with_capacity(body.len() + extra);
     let mut at = 0;
-    for (span, with) in edits {
+    for (span, with) in edits.iter() {
         out.put_slice(&body[at..span.start]);
         out.put_slice(with.as_ref());
         at = span.end;
@@ -858,7 +859,7 @@ mod tests {
             br#"{"model":"a","stream":true,"messages":[{"role":"user","content":"x"}]}"#,
         );
         let (span, with) = usage_edit(&body, None);
-        let asked = splice_all(&body, vec![(1..1, Bytes::new()), (span, with)]);
+        let asked = splice_all(&body, &mut [(1..1, Bytes::new()), (span, with)]);
         let v: serde_json::Value = serde_json::from_slice(&asked).unwrap();
         assert_eq!(v["stream_options"]["include_usage"], true);
         assert_eq!(v["messages"][0]["content"], "x");
@@ -871,7 +872,7 @@ mod tests {
         assert_eq!(&body[span.clone()], br#"{"include_obfuscation":false}"#);
         let (span, with) = usage_edit(&body, Some(span));
         let v: serde_json::Value =
-            serde_json::from_slice(&splice_all(&body, vec![(span, with)])).unwrap();
+            serde_json::from_slice(&splice_all(&body, &mut [(span, with)])).unwrap();
         assert_eq!(
             v["stream_options"],
             serde_json::json!({"include_obfuscation": false, "include_usage": true})

@@ -602,7 +602,7 @@ impl HuggingFace {
         Ok(UpstreamRequest {
             uri: self.chat.clone(),
             headers: json_headers(stream),
-            body: super::openai::splice_many(body, edits),
+            body: super::openai::splice_many(body, &mut edits),
             stream,
         })
     }
