@@ -161,10 +161,8 @@ where
     }
 
     // 5. read
-    let (head, body) = request.into_parts();
     let body = read_body(
-        body,
-        &head.headers,
+        request.into_body(),
         settings.max_request_body,
         settings.client_body_timeout,
     )
@@ -342,13 +340,10 @@ fn models(
     Ok(response)
 }
 
-/// Reads the whole request body, refusing early what is too large.
-async fn read_body<B>(
-    body: B,
-    headers: &HeaderMap,
-    limit: u64,
-    within: Duration,
-) -> Result<Bytes, Error>
+/// Reads the whole request body, refusing what is too large; a body whose
+/// declared length is over the limit (hyper's size hint) is refused before
+/// any of it is read.
+async fn read_body<B>(body: B, limit: u64, within: Duration) -> Result<Bytes, Error>
 where
     B: HttpBody<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
@@ -362,13 +357,6 @@ where
             .push((header::CONNECTION, HeaderValue::from_static("close")));
         e
     };
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit) {
-        return Err(too_large());
-    }
     let limit = usize::try_from(limit).unwrap_or(usize::MAX);
     match tokio::time::timeout(within, crate::body::whole(body, limit)).await {
         Ok(Ok(bytes)) => Ok(bytes),

@@ -325,6 +325,21 @@ async fn an_endless_body_is_cut_off_with_413() {
 }
 
 #[tokio::test]
+async fn a_body_announced_over_the_limit_is_refused_before_it_is_sent() {
+    // Nothing of the body follows the head: only the declared length can
+    // have refused it (waiting for it would end in a 408).
+    let gw = Gateway::start(&CONFIG.replace("limits:", "timeouts: {client_body: 30s}\nlimits:"));
+    let (status, head, body) = raw(
+        gw.addr,
+        b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-length: 1000000\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 413, "{head}");
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["error"]["code"], "request_too_large");
+}
+
+#[tokio::test]
 async fn a_client_that_never_finishes_its_body_gets_408() {
     let gw = Gateway::start(&CONFIG.replace("limits:", "timeouts: {client_body: 200ms}\nlimits:"));
     let (status, _, body) = raw(
