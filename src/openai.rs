@@ -410,7 +410,7 @@ fn is_ws(b: &u8) -> bool {
 }
 
 fn skip_ws(text: &[u8], mut i: usize) -> usize {
-    while let Some(b' ' | b'\t' | b'\n' | b'\r') = text.get(i) {
+    while text.get(i).is_some_and(is_ws) {
         i += 1;
     }
     i
@@ -481,7 +481,8 @@ fn skip_value(text: &[u8], at: usize) -> Option<usize> {
             // A number, `true`, `false` or `null`: up to what may follow it.
             let mut end = at;
             while let Some(&b) = text.get(end)
-                && !matches!(b, b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r')
+                && !matches!(b, b',' | b'}' | b']')
+                && !is_ws(&b)
             {
                 end += 1;
             }
