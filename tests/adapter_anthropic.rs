@@ -381,11 +381,7 @@ async fn a_plain_stream_has_no_usage_chunk_unless_asked() {
     let chunks = reply.chunks();
     assert_eq!(chunks.len(), 4, "{chunks:?}");
     assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
-    let text: String = chunks
-        .iter()
-        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
-        .collect();
-    assert_eq!(text, "Hello world");
+    assert_eq!(support::client::streamed_content(&chunks), "Hello world");
     assert_eq!(chunks[3]["choices"][0]["finish_reason"], "stop");
     assert!(chunks.iter().all(|c| c.get("usage").is_none()));
 }

@@ -82,17 +82,8 @@ async fn the_floor_forwards_answers_and_streams() {
 
     let reply = client.post(&url, &[], chat("backend-model", true)).await;
     assert_eq!(reply.status, 200);
-    let events = reply.events();
-    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
-    let text: String = client::chunks_of(&events)
-        .iter()
-        .filter_map(|c| {
-            c["choices"][0]["delta"]["content"]
-                .as_str()
-                .map(str::to_owned)
-        })
-        .collect();
-    assert_eq!(text, "Hello world");
+    let chunks = client::chunks_of(&reply.events());
+    assert_eq!(client::streamed_content(&chunks), "Hello world");
 
     // A backend that is not there is a 502, not a hang or a crash.
     drop(mock);

@@ -5,6 +5,7 @@ mod support;
 
 use std::process::Command;
 
+use support::client::{chunks_of, streamed_content};
 use support::{Client, Gateway, TempDir, chat};
 
 fn switchyard(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
@@ -227,15 +228,7 @@ async fn the_default_config_answers_through_the_demo_backend() {
     assert_eq!(reply.status, 200);
     let events = reply.events();
     assert_eq!(events.last().unwrap(), "[DONE]");
-    let text: String = events[..events.len() - 1]
-        .iter()
-        .filter_map(|e| serde_json::from_str::<serde_json::Value>(e).ok())
-        .filter_map(|c| {
-            c["choices"][0]["delta"]["content"]
-                .as_str()
-                .map(str::to_owned)
-        })
-        .collect();
+    let text = streamed_content(&chunks_of(&events));
     assert_eq!(text, "Say hello");
 
     let health = client.get(&gw.admin_url("/healthz"), &[]).await;

@@ -159,11 +159,7 @@ async fn streaming_round_trip_has_the_chunk_shapes() {
         assert_eq!(c["id"], "chatcmpl-mock");
     }
     assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
-    let text: String = chunks
-        .iter()
-        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
-        .collect();
-    assert_eq!(text, "Hello world");
+    assert_eq!(support::client::streamed_content(&chunks), "Hello world");
     assert_eq!(chunks[3]["choices"][0]["finish_reason"], "stop");
     assert_eq!(chunks[4]["choices"], json!([]));
     assert_eq!(chunks[4]["usage"]["total_tokens"], 7);

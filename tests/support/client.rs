@@ -83,6 +83,14 @@ pub fn chunks_of(events: &[String]) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// The streamed text: every chunk's `delta.content`, in order.
+pub fn streamed_content(chunks: &[serde_json::Value]) -> String {
+    chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect()
+}
+
 /// `data:` payloads of SSE text.
 pub fn sse_data(text: &str) -> Vec<String> {
     text.split("\n\n")
