@@ -15,8 +15,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use http::uri::{Authority, Scheme};
 use http::{HeaderValue, Request, Response, StatusCode, Uri, header};
-use http_body_util::{BodyExt, Either, Empty};
+use http_body_util::{Either, Empty};
 use hyper::body::Incoming;
 use switchyard::upstream::h1;
 
@@ -25,13 +26,20 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 type Answer = Response<Either<h1::Body, Empty<Bytes>>>;
 
-async fn forward(pool: Arc<h1::Pool>, backend: Arc<str>, request: Request<Incoming>) -> Answer {
+/// Largest body the floor reads.
+const LIMIT: usize = 64 << 20;
+
+async fn forward(pool: Arc<h1::Pool>, backend: Authority, request: Request<Incoming>) -> Answer {
     let (parts, body) = request.into_parts();
-    let Ok(body) = body.collect().await.map(|b| b.to_bytes()) else {
+    // As switchyard reads a body, and its URI: the client's path on the
+    // backend's scheme and authority, with no text formatted per request.
+    let Ok(body) = switchyard::body::whole(body, LIMIT).await else {
         return status(StatusCode::BAD_REQUEST);
     };
-    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    let Ok(uri) = Uri::try_from(format!("http://{backend}{path}")) else {
+    let mut uri = parts.uri.into_parts();
+    uri.scheme = Some(Scheme::HTTP);
+    uri.authority = Some(backend);
+    let Ok(uri) = Uri::from_parts(uri) else {
         return status(StatusCode::BAD_REQUEST);
     };
     let mut upstream = Request::new(body);
@@ -63,6 +71,10 @@ fn main() {
         eprintln!("usage: floor LISTEN BACKEND");
         std::process::exit(2);
     };
+    let Ok(backend) = backend.parse::<Authority>() else {
+        eprintln!("floor: BACKEND must be HOST:PORT, not {backend:?}");
+        std::process::exit(2);
+    };
     // As `switchyard serve`: one thread when pinned to one core.
     let one_core = std::thread::available_parallelism().is_ok_and(|n| n.get() == 1);
     let mut builder = if one_core {
@@ -80,7 +92,6 @@ fn main() {
             Err(e) => panic!("cannot read the listening address: {e}"),
         }
         let pool = h1::Pool::new(Duration::from_secs(5));
-        let backend: Arc<str> = backend.into();
         let service = tower::service_fn(move |request: Request<Incoming>| {
             let (pool, backend) = (pool.clone(), backend.clone());
             async move { Ok::<_, Infallible>(forward(pool, backend, request).await) }
