@@ -164,6 +164,7 @@ where
     let body = read_body(
         request.into_body(),
         settings.max_request_body,
+        record.started,
         settings.client_body_timeout,
     )
     .await?;
@@ -342,8 +343,13 @@ fn models(
 
 /// Reads the whole request body, refusing what is too large; a body whose
 /// declared length is over the limit (hyper's size hint) is refused before
-/// any of it is read.
-async fn read_body<B>(body: B, limit: u64, within: Duration) -> Result<Bytes, Error>
+/// any of it is read. It must arrive `within` of the request's start.
+async fn read_body<B>(
+    body: B,
+    limit: u64,
+    started: Instant,
+    within: Duration,
+) -> Result<Bytes, Error>
 where
     B: HttpBody<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
@@ -358,7 +364,7 @@ where
         e
     };
     let limit = usize::try_from(limit).unwrap_or(usize::MAX);
-    match tokio::time::timeout(within, crate::body::whole(body, limit)).await {
+    match tokio::time::timeout_at(started + within, crate::body::whole(body, limit)).await {
         Ok(Ok(bytes)) => Ok(bytes),
         Ok(Err(WholeError::TooLarge)) => Err(too_large()),
         Ok(Err(WholeError::Body(e))) => Err(Error::invalid(format!(

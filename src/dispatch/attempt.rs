@@ -49,15 +49,16 @@ impl From<Failure> for AttemptError {
     }
 }
 
-/// One try against one target, sending `model` as the backend model.
-/// `permit` (a provider concurrency slot) is held until the answer is read,
-/// or, for a stream, until the stream ends.
+/// One try against one target, sending `model` as the backend model, begun
+/// at `sent`. `permit` (a provider concurrency slot) is held until the
+/// answer is read, or, for a stream, until the stream ends.
 pub async fn attempt(
     call: &Call,
     target: &Target,
     model: &Arc<str>,
     permit: Option<OwnedSemaphorePermit>,
     metrics: &Metrics,
+    sent: Instant,
 ) -> Result<Response<Body>, AttemptError> {
     let provider = &target.provider;
     let upstream = provider
@@ -70,10 +71,7 @@ pub async fn attempt(
     let timeouts = provider.timeouts;
     let deadline = call.started + timeouts.total;
     let inflight = Inflight::enter(&provider.inflight);
-    let sent = Instant::now();
-    let first_byte = timeouts
-        .first_byte
-        .min(deadline.saturating_duration_since(sent));
+    let first_byte = (sent + timeouts.first_byte).min(deadline);
     let sent_to = |label: &str| {
         metrics
             .upstream_duration
@@ -83,7 +81,7 @@ pub async fn attempt(
     // Boxed: inline, the send (1.8 KB) made this future and every one that
     // holds it twice as large, and each is copied when it is boxed in turn.
     let send = Box::pin(provider.transport.send(request));
-    let response = match tokio::time::timeout(first_byte, send).await {
+    let response = match tokio::time::timeout_at(first_byte, send).await {
         Ok(Ok(response)) => response,
         Ok(Err(failure)) => {
             sent_to("connect");
@@ -91,7 +89,7 @@ pub async fn attempt(
         }
         Err(_) => {
             sent_to("timeout");
-            let cause = if first_byte < timeouts.first_byte {
+            let cause = if first_byte < sent + timeouts.first_byte {
                 Cause::TotalTimeout
             } else {
                 Cause::FirstByteTimeout
@@ -100,7 +98,7 @@ pub async fn attempt(
                 cause,
                 format!(
                     "no response within {}",
-                    humantime::format_duration(first_byte)
+                    humantime::format_duration(first_byte.saturating_duration_since(sent))
                 ),
             )
             .into());

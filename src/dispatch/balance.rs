@@ -148,11 +148,14 @@ async fn try_target(
     attempt: Attempt,
     metrics: Arc<Metrics>,
 ) -> Result<Response<Body>, DispatchError> {
-    let (index, probe, last_resort) =
-        match choose(&attempt.alias.targets, &attempt.tried, Instant::now()) {
-            Choice::Target(i, probe) => (i, probe, false),
-            Choice::LastResort(i) => (i, None, true),
-        };
+    // The clock is read three times per attempt (here, when the backend
+    // answers, when the attempt ends): each read costs more than the
+    // arithmetic that shares it.
+    let now = Instant::now();
+    let (index, probe, last_resort) = match choose(&attempt.alias.targets, &attempt.tried, now) {
+        Choice::Target(i, probe) => (i, probe, false),
+        Choice::LastResort(i) => (i, None, true),
+    };
     let target = &attempt.alias.targets[index];
     let provider = &target.provider;
     let call = &attempt.call;
@@ -171,12 +174,12 @@ async fn try_target(
         last_resort,
     };
 
-    let permit = match &provider.limiter {
-        None => None,
+    let (permit, started) = match &provider.limiter {
+        None => (None, now),
         Some(limiter) => {
             let deadline = call.started + provider.timeouts.total;
             match tokio::time::timeout_at(deadline, limiter.acquire()).await {
-                Ok(Ok(permit)) => Some(permit),
+                Ok(Ok(permit)) => (Some(permit), Instant::now()),
                 Ok(Err(_)) => {
                     return Err(failed(Failure::new(
                         Cause::Saturated,
@@ -198,12 +201,13 @@ async fn try_target(
 
     let state = &target.state;
     let in_flight = state.begin();
-    let started = Instant::now();
     // Boxed for the same reason as the gateway's handler: the attempt's
     // future (about 3 KB) is then written once, not copied on every move.
-    let result = Box::pin(attempt::attempt(call, target, model, permit, &metrics))
-        .instrument(span.clone())
-        .await;
+    let result = Box::pin(attempt::attempt(
+        call, target, model, permit, &metrics, started,
+    ))
+    .instrument(span.clone())
+    .await;
     let _in_span = span.enter();
     drop(in_flight);
     if matches!(
@@ -214,7 +218,8 @@ async fn try_target(
                 ..
             }))
     ) {
-        state.observe(started.elapsed());
+        let done = Instant::now();
+        state.observe(done.saturating_duration_since(started), done);
     }
     let routing = &call.snapshot.routing;
     let outcome = match result {

@@ -149,12 +149,12 @@ impl TargetState {
         InFlight(self.clone())
     }
 
-    /// Adds a latency-to-first-byte sample.
-    pub fn observe(&self, sample: Duration) {
+    /// Adds a latency-to-first-byte sample taken at `now`.
+    pub fn observe(&self, sample: Duration, now: Instant) {
         self.latency
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .observe(sample, Instant::now());
+            .observe(sample, now);
     }
 
     /// A good answer: back in rotation, failure count cleared. Called for
