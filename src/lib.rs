@@ -20,6 +20,7 @@ pub mod dispatch;
 pub mod error;
 pub mod gateway;
 pub mod headers;
+pub mod json;
 pub mod limits;
 pub mod metrics;
 pub mod openai;

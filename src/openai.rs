@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::error::{Error, ErrorObject, Kind};
+use crate::json::{is_ws, skip_ws};
 
 /// The public endpoints. The label is the `endpoint` metric label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -85,6 +86,123 @@ struct Wire<'a> {
     encoding_format: Option<&'a RawValue>,
 }
 
+/// The request's fields as text: from the one-pass scan, or from serde.
+#[derive(Default)]
+struct Fields<'a> {
+    model: Option<&'a str>,
+    stream: Option<&'a str>,
+    stream_options: Option<&'a str>,
+    messages: Option<&'a str>,
+    prompt: Option<&'a str>,
+    input: Option<&'a str>,
+    max_tokens: Option<&'a str>,
+    max_completion_tokens: Option<&'a str>,
+    encoding_format: Option<&'a str>,
+    /// How many messages `messages` holds, each an object with a string
+    /// `role`, when the scan has counted them.
+    message_count: Option<usize>,
+}
+
+impl<'a> From<Wire<'a>> for Fields<'a> {
+    fn from(w: Wire<'a>) -> Self {
+        Fields {
+            model: w.model.map(RawValue::get),
+            stream: w.stream.map(RawValue::get),
+            stream_options: w.stream_options.map(RawValue::get),
+            messages: w.messages.map(RawValue::get),
+            prompt: w.prompt.map(RawValue::get),
+            input: w.input.map(RawValue::get),
+            max_tokens: w.max_tokens.map(RawValue::get),
+            max_completion_tokens: w.max_completion_tokens.map(RawValue::get),
+            encoding_format: w.encoding_format.map(RawValue::get),
+            message_count: None,
+        }
+    }
+}
+
+impl<'a> Fields<'a> {
+    /// The fields of a body that is one valid JSON object, by one pass of
+    /// [`crate::json`]'s check, which also counts the messages. `None` for
+    /// whatever it cannot vouch for (invalid JSON, a repeated field, a key
+    /// spelled with escapes, messages of another shape): serde decides those.
+    fn scan(text: &'a str) -> Option<Fields<'a>> {
+        let b = text.as_bytes();
+        let mut fields = Fields::default();
+        // Which fields have been seen: serde refuses a repeated one, even
+        // when the first was `null`.
+        let mut seen = 0u16;
+        let start = skip_ws(b, 0);
+        let end = crate::json::object_end(b, start, 0, |key, at| {
+            let (slot, bit) = match key {
+                b"model" => (&mut fields.model, 0),
+                b"stream" => (&mut fields.stream, 1),
+                b"stream_options" => (&mut fields.stream_options, 2),
+                b"messages" => (&mut fields.messages, 3),
+                b"prompt" => (&mut fields.prompt, 4),
+                b"input" => (&mut fields.input, 5),
+                b"max_tokens" => (&mut fields.max_tokens, 6),
+                b"max_completion_tokens" => (&mut fields.max_completion_tokens, 7),
+                b"encoding_format" => (&mut fields.encoding_format, 8),
+                _ if key.contains(&b'\\') => return None,
+                _ => return crate::json::value_end(b, at),
+            };
+            if seen & (1 << bit) != 0 {
+                return None;
+            }
+            seen |= 1 << bit;
+            let end = if bit == 3 && b.get(at) == Some(&b'[') {
+                let (end, count) = scan_messages(b, at)?;
+                fields.message_count = Some(count);
+                end
+            } else {
+                crate::json::value_end(b, at)?
+            };
+            // As serde reads an `Option`, `null` is no value.
+            let value = &text[at..end];
+            *slot = (value != "null").then_some(value);
+            Some(end)
+        })?;
+        (skip_ws(b, end) == b.len()).then_some(fields)
+    }
+}
+
+/// The end of the array of messages at `text[at]` and how many it holds,
+/// each an object with one string `role`; `None` for any other shape.
+fn scan_messages(text: &[u8], at: usize) -> Option<(usize, usize)> {
+    if text.get(at) != Some(&b'[') {
+        return None;
+    }
+    let mut count = 0;
+    let mut i = skip_ws(text, at + 1);
+    if text.get(i) == Some(&b']') {
+        return Some((i + 1, 0));
+    }
+    loop {
+        let mut role = false;
+        let end = crate::json::object_end(text, i, 2, |key, start| {
+            if key == b"role" {
+                if role || text.get(start) != Some(&b'"') {
+                    return None;
+                }
+                role = true;
+            } else if key.contains(&b'\\') {
+                return None;
+            }
+            crate::json::value_end(text, start)
+        })?;
+        if !role {
+            return None;
+        }
+        count += 1;
+        i = skip_ws(text, end);
+        match text.get(i) {
+            Some(b',') => i = skip_ws(text, i + 1),
+            Some(b']') => return Some((i + 1, count)),
+            _ => return None,
+        }
+    }
+}
+
 #[derive(Deserialize)]
 struct MessagePeek<'a> {
     #[serde(borrow)]
@@ -146,22 +264,28 @@ impl RequestView {
                 e.valid_up_to()
             ))
         })?;
-        let wire: Wire<'_> = serde_json::from_str(text).map_err(|e| match e.classify() {
-            serde_json::error::Category::Data => {
-                Error::invalid(format!("invalid request body: {e}"))
-            }
-            _ => Error::invalid(format!("the request body is not valid JSON: {e}")),
-        })?;
+        let wire =
+            match Fields::scan(text) {
+                Some(fields) => fields,
+                None => Fields::from(serde_json::from_str::<Wire<'_>>(text).map_err(|e| {
+                    match e.classify() {
+                        serde_json::error::Category::Data => {
+                            Error::invalid(format!("invalid request body: {e}"))
+                        }
+                        _ => Error::invalid(format!("the request body is not valid JSON: {e}")),
+                    }
+                })?),
+            };
 
         let raw_model = wire
             .model
             .ok_or_else(|| Error::invalid_param("model", "you must provide a model parameter"))?;
-        let model: Box<str> = match raw_model.get().as_bytes() {
-            // serde has read the value: a string without escapes is its text.
+        let model: Box<str> = match raw_model.as_bytes() {
+            // The value has been checked: a string without escapes is its text.
             [b'"', inner @ .., b'"'] if !inner.contains(&b'\\') => {
-                raw_model.get()[1..=inner.len()].into()
+                raw_model[1..=inner.len()].into()
             }
-            _ => serde_json::from_str::<String>(raw_model.get())
+            _ => serde_json::from_str::<String>(raw_model)
                 .map_err(|_| Error::invalid_param("model", "`model` must be a string"))?
                 .into(),
         };
@@ -171,7 +295,7 @@ impl RequestView {
 
         let stream = match wire.stream {
             None => false,
-            Some(raw) => match raw.get() {
+            Some(raw) => match raw {
                 "true" => true,
                 "false" | "null" => false,
                 _ => return Err(Error::invalid_param("stream", "`stream` must be a boolean")),
@@ -179,7 +303,7 @@ impl RequestView {
         };
         let include_usage = match wire.stream_options {
             None => false,
-            Some(raw) => serde_json::from_str::<StreamOptions>(raw.get())
+            Some(raw) => serde_json::from_str::<StreamOptions>(raw)
                 .map_err(|_| {
                     Error::invalid_param(
                         "stream_options",
@@ -191,7 +315,7 @@ impl RequestView {
         };
         let max_tokens = match wire.max_completion_tokens.or(wire.max_tokens) {
             None => None,
-            Some(raw) => Some(raw.get().parse::<u64>().map_err(|_| {
+            Some(raw) => Some(raw.parse::<u64>().map_err(|_| {
                 let name = if wire.max_completion_tokens.is_some() {
                     "max_completion_tokens"
                 } else {
@@ -206,9 +330,9 @@ impl RequestView {
                 let raw = wire.messages.ok_or_else(|| {
                     Error::invalid_param("messages", "you must provide a `messages` array")
                 })?;
-                let count = match count_messages(raw.get().as_bytes()) {
+                let count = match wire.message_count.or_else(|| count_messages(raw.as_bytes())) {
                     Some(n) => n,
-                    None => serde_json::from_str::<MessageCount>(raw.get())
+                    None => serde_json::from_str::<MessageCount>(raw)
                         .map_err(|_| {
                             Error::invalid_param(
                                 "messages",
@@ -229,7 +353,7 @@ impl RequestView {
                 let raw = wire
                     .prompt
                     .ok_or_else(|| Error::invalid_param("prompt", "you must provide a `prompt`"))?;
-                if !matches!(raw.get().as_bytes()[0], b'"' | b'[') {
+                if !matches!(raw.as_bytes()[0], b'"' | b'[') {
                     return Err(Error::invalid_param(
                         "prompt",
                         "`prompt` must be a string or an array",
@@ -241,9 +365,7 @@ impl RequestView {
                 let raw = wire
                     .input
                     .ok_or_else(|| Error::invalid_param("input", "you must provide an `input`"))?;
-                if !matches!(raw.get().as_bytes()[0], b'"' | b'[')
-                    || matches!(raw.get(), "\"\"" | "[]")
-                {
+                if !matches!(raw.as_bytes()[0], b'"' | b'[') || matches!(raw, "\"\"" | "[]") {
                     return Err(Error::invalid_param(
                         "input",
                         "`input` must be a non-empty string or array",
@@ -256,23 +378,26 @@ impl RequestView {
 
         Ok(RequestView {
             model,
-            model_span: span_of(body, raw_model),
+            model_span: span_in(body, raw_model),
             stream,
             include_usage,
-            stream_options_span: wire.stream_options.map(|raw| span_of(body, raw)),
+            stream_options_span: wire.stream_options.map(|raw| span_in(body, raw)),
             max_tokens,
-            prompt_bytes: prompt.get().len(),
-            base64: wire
-                .encoding_format
-                .is_some_and(|raw| raw.get() == "\"base64\""),
+            prompt_bytes: prompt.len(),
+            base64: wire.encoding_format.is_some_and(|raw| raw == "\"base64\""),
         })
     }
 }
 
 /// Where a borrowed raw value sits inside the buffer it was parsed from.
 pub fn span_of(buffer: &[u8], raw: &RawValue) -> Range<usize> {
-    let start = raw.get().as_ptr() as usize - buffer.as_ptr() as usize;
-    start..start + raw.get().len()
+    span_in(buffer, raw.get())
+}
+
+/// Where `part`, a slice of `buffer`, sits in it.
+fn span_in(buffer: &[u8], part: &str) -> Range<usize> {
+    let start = part.as_ptr() as usize - buffer.as_ptr() as usize;
+    start..start + part.len()
 }
 
 /// Where the values of `names` sit among the top-level keys of a JSON object,
@@ -403,19 +528,6 @@ fn count_messages(text: &[u8]) -> Option<usize> {
     }
 }
 
-/// JSON's whitespace (RFC 8259), narrower than `u8::is_ascii_whitespace`,
-/// which takes the form feed too.
-fn is_ws(b: &u8) -> bool {
-    matches!(b, b' ' | b'\t' | b'\n' | b'\r')
-}
-
-fn skip_ws(text: &[u8], mut i: usize) -> usize {
-    while text.get(i).is_some_and(is_ws) {
-        i += 1;
-    }
-    i
-}
-
 /// `text` without the JSON whitespace it starts with.
 pub fn trim_ws_start(text: &[u8]) -> &[u8] {
     &text[skip_ws(text, 0)..]
@@ -432,28 +544,18 @@ pub fn trim_ws_end(text: &[u8]) -> &[u8] {
 /// (whose set-up costs more than a short string) only past 32 bytes.
 #[inline]
 fn quote_or_backslash(text: &[u8]) -> Option<usize> {
-    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
-    const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
-    // High bit set in each byte of `x` that is zero; a byte above a zero
-    // byte may be flagged too, never one below, so the lowest flag is exact.
-    let zero_bytes = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
-    let mut i = 0;
-    while let Some(word) = text.get(i..i + 8) {
-        let w = u64::from_le_bytes(word.try_into().ok()?);
-        let hits =
-            zero_bytes(w ^ (ONES * u64::from(b'"'))) | zero_bytes(w ^ (ONES * u64::from(b'\\')));
-        if hits != 0 {
-            return Some(i + (hits.trailing_zeros() / 8) as usize);
-        }
-        i += 8;
-        if i == 32 {
-            return memchr::memchr2(b'"', b'\\', &text[i..]).map(|n| i + n);
-        }
+    use crate::json::{ONES, scan_words, zero_bytes};
+    let found = scan_words(text, 32, |w| {
+        zero_bytes(w ^ (ONES * u64::from(b'"'))) | zero_bytes(w ^ (ONES * u64::from(b'\\')))
+    });
+    match found {
+        Ok(at) => Some(at),
+        Err(32) => memchr::memchr2(b'"', b'\\', &text[32..]).map(|n| 32 + n),
+        Err(i) => text[i..]
+            .iter()
+            .position(|&b| b == b'"' || b == b'\\')
+            .map(|n| i + n),
     }
-    text[i..]
-        .iter()
-        .position(|&b| b == b'"' || b == b'\\')
-        .map(|n| i + n)
 }
 
 /// `text[at]` is `"`: the index just past the closing quote.
@@ -825,6 +927,90 @@ mod tests {
         }
         // The fast path must answer for the ordinary shapes, not only decline.
         assert!(answered > 1_000, "the scan answered {answered} times");
+    }
+
+    #[test]
+    fn the_scan_reads_what_serde_reads() {
+        // Bodies built from awkward pieces: repeated and escaped keys,
+        // messages of every shape, odd whitespace, invalid values. Where the
+        // scan answers, serde must read the same fields; where serde refuses
+        // the body, the scan must refuse it too.
+        const KEYS: &[&str] = &[
+            r#""model""#,
+            r#""messages""#,
+            r#""stream""#,
+            r#""max_tokens""#,
+            r#""m\u006fdel""#,
+            r#""temperature""#,
+            r#""input""#,
+        ];
+        const VALUES: &[&str] = &[
+            r#""m""#,
+            r#""a \"b\" \\""#,
+            r#"[{"role":"user","content":"x"}]"#,
+            r#"[{"content":"x","role":"system"},{"role":"user"}]"#,
+            r#"[{"role":5}]"#,
+            r#"[{"role":"a","role":"b"}]"#,
+            r#"[{"r\u006fle":"user"}]"#,
+            r#"[["user"]]"#,
+            "[]",
+            "true",
+            "null",
+            "64",
+            "0.7",
+            "-1",
+            "01",
+            r#"{"a":[1,{"b":null}]}"#,
+            "\"tab\there\"",
+            r#""\x""#,
+        ];
+        const GAPS: &[&str] = &["", " ", "\n\t"];
+        let mut rng = fastrand::Rng::with_seed(0x5851_f42d_4c95_7f2d);
+        let mut answered = 0;
+        for _ in 0..20_000 {
+            let mut text = String::from("{");
+            for m in 0..rng.usize(..5) {
+                if m > 0 {
+                    text.push(',');
+                }
+                text.push_str(GAPS[rng.usize(..GAPS.len())]);
+                text.push_str(KEYS[rng.usize(..KEYS.len())]);
+                text.push(':');
+                text.push_str(GAPS[rng.usize(..GAPS.len())]);
+                text.push_str(VALUES[rng.usize(..VALUES.len())]);
+            }
+            text.push('}');
+            let serde = serde_json::from_str::<Wire<'_>>(&text).map(Fields::from);
+            let Some(scan) = Fields::scan(&text) else {
+                continue;
+            };
+            answered += 1;
+            let serde =
+                serde.unwrap_or_else(|e| panic!("scan took what serde refuses ({e}): {text}"));
+            fn fields<'a>(f: &Fields<'a>) -> [Option<&'a str>; 9] {
+                [
+                    f.model,
+                    f.stream,
+                    f.stream_options,
+                    f.messages,
+                    f.prompt,
+                    f.input,
+                    f.max_tokens,
+                    f.max_completion_tokens,
+                    f.encoding_format,
+                ]
+            }
+            assert_eq!(fields(&scan), fields(&serde), "{text}");
+            if let Some(n) = scan.message_count {
+                let count = serde_json::from_str::<MessageCount>(serde.messages.unwrap());
+                assert_eq!(count.ok().map(|c| c.0), Some(n), "{text}");
+            }
+        }
+        assert!(answered > 2_000, "the scan answered {answered} times");
+        let body = r#" {"model":"m","messages":[{"role":"user","content":"hi"}],"stream":false} "#;
+        let scan = Fields::scan(body).unwrap();
+        assert_eq!(scan.model, Some("\"m\""));
+        assert_eq!(scan.message_count, Some(1));
     }
 
     #[test]

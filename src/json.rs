@@ -1,0 +1,339 @@
+//! A strict check of JSON text (RFC 8259) that builds nothing: where a value
+//! ends, when the text is one. The request path vouches for a body with it
+//! in one pass, without a parse; whatever it cannot vouch for goes to
+//! serde_json, which decides and words the error. So the check may decline
+//! what is valid (deep nesting), but never accepts what serde_json refuses.
+
+/// Nesting deeper than this is left to serde_json (whose limit is 128).
+const MAX_DEPTH: u32 = 64;
+
+/// JSON's whitespace (RFC 8259), narrower than `u8::is_ascii_whitespace`,
+/// which takes the form feed too.
+pub fn is_ws(b: &u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\n' | b'\r')
+}
+
+/// The index of the first byte at or after `i` that is not whitespace.
+pub fn skip_ws(text: &[u8], mut i: usize) -> usize {
+    while text.get(i).is_some_and(is_ws) {
+        i += 1;
+    }
+    i
+}
+
+/// The index just past the JSON value that starts at `text[at]`.
+pub fn value_end(text: &[u8], at: usize) -> Option<usize> {
+    value(text, at, 0)
+}
+
+fn value(text: &[u8], at: usize, depth: u32) -> Option<usize> {
+    match *text.get(at)? {
+        b'"' => string_end(text, at),
+        b'{' => object_end(text, at, depth, |_, start| value(text, start, depth + 1)),
+        b'[' => array_end(text, at, depth),
+        b't' => literal_end(text, at, b"true"),
+        b'f' => literal_end(text, at, b"false"),
+        b'n' => literal_end(text, at, b"null"),
+        b'-' | b'0'..=b'9' => number_end(text, at),
+        _ => None,
+    }
+}
+
+/// The index just past the object that starts at `text[at]` (nested `depth`
+/// deep). `member` is given each key (its raw text, between the quotes) and
+/// where its value starts, and returns where that value ends: it checks the
+/// value itself, which lets a caller read the members it wants as it goes.
+pub fn object_end<F>(text: &[u8], at: usize, depth: u32, mut member: F) -> Option<usize>
+where
+    F: FnMut(&[u8], usize) -> Option<usize>,
+{
+    if depth >= MAX_DEPTH || text.get(at) != Some(&b'{') {
+        return None;
+    }
+    let mut i = skip_ws(text, at + 1);
+    if text.get(i) == Some(&b'}') {
+        return Some(i + 1);
+    }
+    loop {
+        if text.get(i) != Some(&b'"') {
+            return None;
+        }
+        let key_end = string_end(text, i)?;
+        let key = &text[i + 1..key_end - 1];
+        i = skip_ws(text, key_end);
+        if text.get(i) != Some(&b':') {
+            return None;
+        }
+        let end = member(key, skip_ws(text, i + 1))?;
+        i = skip_ws(text, end);
+        match text.get(i) {
+            Some(b',') => i = skip_ws(text, i + 1),
+            Some(b'}') => return Some(i + 1),
+            _ => return None,
+        }
+    }
+}
+
+/// The index just past the array that starts at `text[at]`.
+fn array_end(text: &[u8], at: usize, depth: u32) -> Option<usize> {
+    if depth >= MAX_DEPTH {
+        return None;
+    }
+    let mut i = skip_ws(text, at + 1);
+    if text.get(i) == Some(&b']') {
+        return Some(i + 1);
+    }
+    loop {
+        i = skip_ws(text, value(text, i, depth + 1)?);
+        match text.get(i) {
+            Some(b',') => i = skip_ws(text, i + 1),
+            Some(b']') => return Some(i + 1),
+            _ => return None,
+        }
+    }
+}
+
+/// The index just past the string that starts at `text[at]` (a `"`): no
+/// control characters, only the escapes JSON has.
+pub fn string_end(text: &[u8], at: usize) -> Option<usize> {
+    let mut i = at + 1;
+    loop {
+        i += special(text.get(i..)?)?;
+        match text[i] {
+            b'"' => return Some(i + 1),
+            b'\\' => match *text.get(i + 1)? {
+                b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => i += 2,
+                b'u' if text.get(i + 2..i + 6)?.iter().all(u8::is_ascii_hexdigit) => i += 6,
+                _ => return None,
+            },
+            _ => return None,
+        }
+    }
+}
+
+/// The first `"`, `\` or control character in `text`, eight bytes at a time.
+#[inline]
+fn special(text: &[u8]) -> Option<usize> {
+    let found = scan_words(text, usize::MAX, |w| {
+        // Bytes under 0x20 get their high bit set the way zero bytes do.
+        zero_bytes(w ^ (ONES * u64::from(b'"')))
+            | zero_bytes(w ^ (ONES * u64::from(b'\\')))
+            | (w.wrapping_sub(ONES * 0x20) & !w & HIGH)
+    });
+    match found {
+        Ok(at) => Some(at),
+        Err(i) => text[i..]
+            .iter()
+            .position(|&b| b == b'"' || b == b'\\' || b < 0x20)
+            .map(|n| i + n),
+    }
+}
+
+pub const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
+
+/// The high bit set in each byte of `x` that is zero. A byte above a flagged
+/// one may be flagged too, never one below, so the lowest flag is exact.
+#[inline]
+pub fn zero_bytes(x: u64) -> u64 {
+    x.wrapping_sub(ONES) & !x & HIGH
+}
+
+/// Where `flags` (which sets the high bit of the bytes it looks for, exact
+/// at the lowest, as [`zero_bytes`] does) first flags a byte, in whole
+/// words of `text` up to `limit` bytes: `Ok(index)`, or `Err(index)` where
+/// the words stopped, for the caller to finish the search.
+#[inline]
+pub fn scan_words(text: &[u8], limit: usize, flags: impl Fn(u64) -> u64) -> Result<usize, usize> {
+    let mut i = 0;
+    while i < limit
+        && let Some(word) = text.get(i..i + 8)
+        && let Ok(word) = <[u8; 8]>::try_from(word)
+    {
+        let hits = flags(u64::from_le_bytes(word));
+        if hits != 0 {
+            return Ok(i + (hits.trailing_zeros() / 8) as usize);
+        }
+        i += 8;
+    }
+    Err(i)
+}
+
+/// The index just past the number that starts at `text[at]`:
+/// `-? (0 | [1-9][0-9]*) (. [0-9]+)? ([eE] [+-]? [0-9]+)?`.
+fn number_end(text: &[u8], at: usize) -> Option<usize> {
+    let digits = |from: usize| {
+        let mut i = from;
+        while text.get(i).is_some_and(u8::is_ascii_digit) {
+            i += 1;
+        }
+        i
+    };
+    let mut i = at + usize::from(text[at] == b'-');
+    i = match text.get(i)? {
+        b'0' => i + 1,
+        b'1'..=b'9' => digits(i + 1),
+        _ => return None,
+    };
+    if text.get(i) == Some(&b'.') {
+        let end = digits(i + 1);
+        if end == i + 1 {
+            return None;
+        }
+        i = end;
+    }
+    if matches!(text.get(i), Some(b'e' | b'E')) {
+        i += 1;
+        if matches!(text.get(i), Some(b'+' | b'-')) {
+            i += 1;
+        }
+        let end = digits(i);
+        if end == i {
+            return None;
+        }
+        i = end;
+    }
+    Some(i)
+}
+
+fn literal_end(text: &[u8], at: usize, word: &[u8]) -> Option<usize> {
+    (text.get(at..at + word.len())? == word).then_some(at + word.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::de::IgnoredAny;
+
+    /// The check's verdict on a whole text: one value and nothing after.
+    fn checks(text: &str) -> bool {
+        let b = text.as_bytes();
+        value_end(b, skip_ws(b, 0)).is_some_and(|end| skip_ws(b, end) == b.len())
+    }
+
+    fn serde_accepts(text: &str) -> bool {
+        serde_json::from_str::<IgnoredAny>(text).is_ok()
+    }
+
+    #[test]
+    fn agrees_with_serde_on_awkward_values() {
+        let cases = [
+            r#"{"a":[1,-0,0.5,1e9,1E+2,-3.25e-7,true,false,null,"x"]}"#,
+            r#"{"a":"\"\\\/\b\f\n\r\t\u00e9\uD83D\uDE00"}"#,
+            r#"{"a":"é 日本 😀"}"#,
+            "{}",
+            "[]",
+            " \t\r\n{ } ",
+            "\"s\"",
+            "0",
+            "{\"a\":1,}",
+            "[1,]",
+            "[01]",
+            "[1.]",
+            "[.5]",
+            "[1e]",
+            "[+1]",
+            "[-]",
+            "[tru]",
+            "[nul]",
+            "[True]",
+            r#"{"a":"\x"}"#,
+            r#"{"a":"\u12"}"#,
+            r#"{"a":"\u12G4"}"#,
+            "{\"a\":\"tab\there\"}",
+            "{\"a\":\"nul\u{0}\"}",
+            "{\"a\" 1}",
+            "{a:1}",
+            "{\"a\":1 \"b\":2}",
+            "[1 2]",
+            "{\"a\":1}}",
+            "{\"a\":1",
+            "[",
+            "\"open",
+            "{\"a\":1}\u{c}",
+            "{\"a\":[}",
+            "{\"a\":{]}",
+        ];
+        for case in cases {
+            assert_eq!(checks(case), serde_accepts(case), "{case:?}");
+        }
+    }
+
+    #[test]
+    fn deep_nesting_is_left_to_serde() {
+        let deep = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+        assert!(checks(&deep(MAX_DEPTH as usize)));
+        assert!(!checks(&deep(MAX_DEPTH as usize + 1)));
+        assert!(serde_accepts(&deep(MAX_DEPTH as usize + 1)));
+    }
+
+    #[test]
+    fn never_accepts_what_serde_refuses_on_generated_text() {
+        // Texts built from JSON's pieces and near-misses; the check may
+        // decline valid text but must never accept invalid text.
+        const PIECES: &[&str] = &[
+            "{",
+            "}",
+            "[",
+            "]",
+            ",",
+            ":",
+            "\"k\"",
+            "\"a\\\"b\"",
+            "\"\\u00e9\"",
+            "\"\\q\"",
+            "1",
+            "-0",
+            "2.5",
+            "1e3",
+            "01",
+            "-",
+            "true",
+            "nul",
+            " ",
+            "\n",
+            "\"\t\"",
+            "\"é\"",
+        ];
+        let mut rng = fastrand::Rng::with_seed(0x9e37_79b9_7f4a_7c15);
+        let (mut valid, mut agreed) = (0, 0);
+        for _ in 0..200_000 {
+            let mut text = String::new();
+            for _ in 0..rng.usize(1..12) {
+                text.push_str(PIECES[rng.usize(..PIECES.len())]);
+            }
+            let serde = serde_accepts(&text);
+            let check = checks(&text);
+            assert!(serde || !check, "accepted what serde refuses: {text:?}");
+            valid += usize::from(serde);
+            agreed += usize::from(serde && check);
+        }
+        // It must vouch for valid text, not only decline.
+        assert!(valid > 1_000 && agreed == valid, "{agreed} of {valid}");
+    }
+
+    #[test]
+    fn special_finds_the_first_quote_backslash_or_control() {
+        for len in 0..40 {
+            for at in 0..=len {
+                for mark in [b'"', b'\\', 0x00, 0x1f] {
+                    // Bytes around the marks: near misses for each test, and
+                    // high bytes, which the word arithmetic must not confuse.
+                    let mut text: Vec<u8> = (0..len)
+                        .map(|n| [b'a', 0x20, 0x21, 0x5b, 0x5d, 0x7f, 0xa2, 0xdc][n % 8])
+                        .collect();
+                    if at < len {
+                        text[at] = mark;
+                        if at + 3 < len {
+                            text[at + 3] = 0x01;
+                        }
+                    }
+                    let want = text
+                        .iter()
+                        .position(|&b| b == b'"' || b == b'\\' || b < 0x20);
+                    assert_eq!(special(&text), want, "len {len} at {at} mark {mark}");
+                }
+            }
+        }
+    }
+}
