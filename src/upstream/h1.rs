@@ -507,10 +507,13 @@ fn encode_head(parts: &http::request::Parts, body: &Bytes) -> Vec<u8> {
     head.extend_from_slice(path.as_bytes());
     head.extend_from_slice(b" HTTP/1.1\r\n");
     if !parts.headers.contains_key(HOST) {
-        let authority = parts.uri.authority().map(|a| a.as_str()).unwrap_or("");
-        let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+        let authority = parts
+            .uri
+            .authority()
+            .map_or(&b""[..], |a| a.as_str().as_bytes());
+        let host = memchr::memrchr(b'@', authority).map_or(authority, |at| &authority[at + 1..]);
         head.extend_from_slice(b"host: ");
-        head.extend_from_slice(host.as_bytes());
+        head.extend_from_slice(host);
         head.extend_from_slice(b"\r\n");
     }
     for (name, value) in &parts.headers {
