@@ -238,7 +238,9 @@ impl Store {
     pub async fn check(&self, now_ms: u64, rules: &[Rule]) -> Result<Verdict, StoreError> {
         match self {
             Store::Memory(m) => Ok(m.check(now_ms, rules)),
-            Store::Redis(r) => r.check(now_ms, rules).await,
+            // Boxed: inline, the Redis round trip's future would make every
+            // request's admission future as large, limits or none.
+            Store::Redis(r) => Box::pin(r.check(now_ms, rules)).await,
         }
     }
 
