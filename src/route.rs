@@ -19,6 +19,8 @@ pub struct Target {
     /// The backend's model name; `None` means "what the client asked for"
     /// (for a wildcard, the part the `*` matched).
     pub model: Option<Arc<str>>,
+    /// `model` as the value of `x-switchyard-model`, made once.
+    pub model_header: Option<http::HeaderValue>,
     pub weight: u32,
     /// Health and latency, kept across reloads.
     pub state: Arc<TargetState>,

@@ -65,6 +65,9 @@ pub fn compile(raw: raw::Config, shared: &Shared) -> Result<Snapshot, Vec<Proble
                     targets.push(Target {
                         provider: Arc::clone(p),
                         state: shared.health.target(&p.id, &label, metrics),
+                        model_header: model
+                            .as_deref()
+                            .and_then(|m| http::HeaderValue::try_from(m).ok()),
                         model,
                         weight: t.weight,
                     })

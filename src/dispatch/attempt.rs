@@ -147,7 +147,11 @@ pub async fn attempt(
     if let Some(v) = &provider.id_header {
         headers.insert(X_SWITCHYARD_PROVIDER, v.clone());
     }
-    if let Ok(v) = HeaderValue::try_from(&**model) {
+    let model_header = match &target.model_header {
+        Some(v) => Some(v.clone()),
+        None => HeaderValue::try_from(&**model).ok(),
+    };
+    if let Some(v) = model_header {
         headers.insert(X_SWITCHYARD_MODEL, v);
     }
     call.outcome().served = Some(Served {

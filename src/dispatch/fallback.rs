@@ -48,18 +48,18 @@ where
         let inner = self.inner.clone();
         let metrics = self.metrics.clone();
         Box::pin(async move {
-            let primary = call.route.alias.clone();
-            let mut attempt = Attempt {
-                alias: primary.clone(),
-                default_model: call.route.default_model.clone(),
-                tried: Vec::new(),
-                call: call.clone(),
-            };
+            let primary = &call.route.alias;
             let mut fallbacks = primary.fallbacks.iter();
+            let (mut alias, mut default_model) = (primary, &call.route.default_model);
             loop {
-                attempt.alias.budget.deposit();
-                let from = attempt.alias.name.clone();
-                let result = inner.clone().oneshot(attempt.clone()).await;
+                alias.budget.deposit();
+                let attempt = Attempt {
+                    alias: alias.clone(),
+                    default_model: default_model.clone(),
+                    tried: Vec::new(),
+                    call: call.clone(),
+                };
+                let result = inner.clone().oneshot(attempt).await;
                 let Err(DispatchError::Failed { failure, .. }) = &result else {
                     return result;
                 };
@@ -72,15 +72,10 @@ where
                 };
                 metrics
                     .fallbacks
-                    .with_label_values(&[&from, &next.name])
+                    .with_label_values(&[&alias.name, &next.name])
                     .inc();
-                tracing::info!(from = %from, to = %next.name, "every target failed; falling back");
-                attempt = Attempt {
-                    alias: next.clone(),
-                    default_model: next.name.clone(),
-                    tried: Vec::new(),
-                    call: call.clone(),
-                };
+                tracing::info!(from = %alias.name, to = %next.name, "every target failed; falling back");
+                (alias, default_model) = (next, &next.name);
             }
         })
     }
