@@ -398,6 +398,50 @@ async fn a_stalled_stream_ends_with_an_error_event() {
 }
 
 #[tokio::test]
+async fn a_stream_that_keeps_talking_outlives_its_idle_timeout() {
+    // Chunks 60 ms apart for about twice `stream_idle`: no gap is as long
+    // as the limit, so the stream must end normally, not be cut when the
+    // first idle deadline passes.
+    let mock = Mock::start(|_| {
+        let mut steps = Vec::new();
+        for n in 0..8 {
+            steps.push(event(&chunk(
+                "m",
+                json!({"content": format!("t{n} ")}),
+                None,
+            )));
+            steps.push(Step::Sleep(Duration::from_millis(60)));
+        }
+        steps.push(event(&chunk("m", json!({}), Some("stop"))));
+        steps.push(done());
+        Plan::sse(steps)
+    })
+    .await;
+    let config = format!(
+        "{OPEN}providers:\n  a: {{type: openai, base_url: \"{}\", timeouts: {{stream_idle: 250ms}}}}\nmodels: {{m: {{targets: [{{provider: a}}]}}}}\n",
+        mock.url("/v1")
+    );
+    let gw = Gateway::start(&config);
+    let started = Instant::now();
+    let reply = post(&gw, "m", true).await;
+    assert!(
+        started.elapsed() > Duration::from_millis(250),
+        "the stream outlasted the limit"
+    );
+    let text: String = reply
+        .chunks()
+        .iter()
+        .filter_map(|c| {
+            c["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_owned)
+        })
+        .collect();
+    assert_eq!(text, "t0 t1 t2 t3 t4 t5 t6 t7 ");
+    assert!(!reply.text().contains("silent"), "{}", reply.text());
+}
+
+#[tokio::test]
 async fn a_retry_in_backoff_is_abandoned_when_the_client_leaves() {
     let (mock, _) = failing_first(usize::MAX, 503).await;
     mock.set(|_| {

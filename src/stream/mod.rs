@@ -145,6 +145,9 @@ pub struct Relay {
     error: Option<String>,
     first_content: Option<Instant>,
     idle: Duration,
+    /// When the backend last sent data. The idle timer is not moved for
+    /// every chunk: when it fires, it is set again from this.
+    last_data: Instant,
     idle_timer: Pin<Box<Sleep>>,
     deadline: Pin<Box<Sleep>>,
     /// Held until the stream ends: concurrency permits and the like.
@@ -159,6 +162,7 @@ impl Relay {
         idle: Duration,
         deadline: Instant,
     ) -> Self {
+        let now = Instant::now();
         Relay {
             provider,
             upstream: Some(upstream),
@@ -170,7 +174,8 @@ impl Relay {
             error: None,
             first_content: None,
             idle,
-            idle_timer: Box::pin(tokio::time::sleep(idle)),
+            last_data: now,
+            idle_timer: Box::pin(tokio::time::sleep_until(now + idle)),
             deadline: Box::pin(tokio::time::sleep_until(deadline)),
             hold: Vec::new(),
         }
@@ -213,7 +218,7 @@ impl Relay {
             match Pin::new(upstream).poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
                     if let Ok(data) = frame.into_data() {
-                        self.idle_timer.as_mut().reset(Instant::now() + self.idle);
+                        self.last_data = Instant::now();
                         if let Err(failure) = self.decoder.feed(&data, &mut self.out) {
                             self.fail(failure);
                         }
@@ -236,7 +241,7 @@ impl Relay {
                             Cause::TotalTimeout,
                             "the request took longer than the total timeout",
                         ));
-                    } else if self.idle_timer.as_mut().poll(cx).is_ready() {
+                    } else if self.silent(cx) {
                         let idle = humantime::format_duration(self.idle);
                         self.fail(Failure::new(
                             Cause::IdleTimeout,
@@ -249,6 +254,20 @@ impl Relay {
             }
         }
         Poll::Ready(())
+    }
+
+    /// Whether the backend has sent nothing for `idle`. The timer fires at
+    /// most once per `idle` while data flows, and is then set again from
+    /// the last data, so a chunk costs no timer update.
+    fn silent(&mut self, cx: &mut Context<'_>) -> bool {
+        while self.idle_timer.as_mut().poll(cx).is_ready() {
+            let due = self.last_data + self.idle;
+            if due <= self.idle_timer.deadline() {
+                return true;
+            }
+            self.idle_timer.as_mut().reset(due);
+        }
+        false
     }
 
     fn fail(&mut self, failure: Failure) {
