@@ -4,7 +4,9 @@
 //! serde_json, which decides and words the error. So the check may decline
 //! what is valid (deep nesting), but never accepts what serde_json refuses.
 
-/// Nesting deeper than this is left to serde_json (whose limit is 128).
+/// Nesting deeper than this below where a check starts is left to
+/// serde_json (whose limit is 128 in all; callers start at most a couple
+/// of levels down).
 const MAX_DEPTH: u32 = 64;
 
 /// JSON's whitespace (RFC 8259), narrower than `u8::is_ascii_whitespace`,
@@ -29,7 +31,7 @@ pub fn value_end(text: &[u8], at: usize) -> Option<usize> {
 fn value(text: &[u8], at: usize, depth: u32) -> Option<usize> {
     match *text.get(at)? {
         b'"' => string_end(text, at),
-        b'{' => object_end(text, at, depth, |_, start| value(text, start, depth + 1)),
+        b'{' => object(text, at, depth, |_, start| value(text, start, depth + 1)),
         b'[' => array_end(text, at, depth),
         b't' => literal_end(text, at, b"true"),
         b'f' => literal_end(text, at, b"false"),
@@ -39,11 +41,20 @@ fn value(text: &[u8], at: usize, depth: u32) -> Option<usize> {
     }
 }
 
-/// The index just past the object that starts at `text[at]` (nested `depth`
-/// deep). `member` is given each key (its raw text, between the quotes) and
-/// where its value starts, and returns where that value ends: it checks the
-/// value itself, which lets a caller read the members it wants as it goes.
-pub fn object_end<F>(text: &[u8], at: usize, depth: u32, mut member: F) -> Option<usize>
+/// The index just past the object that starts at `text[at]`. `member` is
+/// given each key (its raw text, between the quotes) and where its value
+/// starts, and returns where that value ends: it checks the value itself
+/// (with [`value_end`]), which lets a caller read the members it wants as
+/// it goes.
+pub fn object_end<F>(text: &[u8], at: usize, member: F) -> Option<usize>
+where
+    F: FnMut(&[u8], usize) -> Option<usize>,
+{
+    object(text, at, 0, member)
+}
+
+/// [`object_end`] for an object nested `depth` deep.
+fn object<F>(text: &[u8], at: usize, depth: u32, mut member: F) -> Option<usize>
 where
     F: FnMut(&[u8], usize) -> Option<usize>,
 {

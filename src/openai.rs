@@ -132,7 +132,7 @@ impl<'a> Fields<'a> {
         // when the first was `null`.
         let mut seen = 0u16;
         let start = skip_ws(b, 0);
-        let end = crate::json::object_end(b, start, 0, |key, at| {
+        let end = crate::json::object_end(b, start, |key, at| {
             let (slot, bit) = match key {
                 b"model" => (&mut fields.model, 0),
                 b"stream" => (&mut fields.stream, 1),
@@ -150,7 +150,7 @@ impl<'a> Fields<'a> {
                 return None;
             }
             seen |= 1 << bit;
-            let end = if bit == 3 && b.get(at) == Some(&b'[') {
+            let end = if key == b"messages" && b.get(at) == Some(&b'[') {
                 let (end, count) = scan_messages(b, at)?;
                 fields.message_count = Some(count);
                 end
@@ -179,7 +179,7 @@ fn scan_messages(text: &[u8], at: usize) -> Option<(usize, usize)> {
     }
     loop {
         let mut role = false;
-        let end = crate::json::object_end(text, i, 2, |key, start| {
+        let end = crate::json::object_end(text, i, |key, start| {
             if key == b"role" {
                 if role || text.get(start) != Some(&b'"') {
                     return None;
@@ -501,31 +501,12 @@ fn object_spans<const N: usize>(
     }
 }
 
-/// How many elements the JSON array `text` holds when each is an object
-/// whose `role` is a string, by a structural scan of text serde has already
-/// read. `None` when that cannot be vouched for; serde then decides.
+/// How many messages the JSON array `text` (all of it) holds, each an
+/// object with one string `role`: for a body serde has read, whose fields
+/// the one-pass scan declined. `None` for any other shape; serde decides.
 fn count_messages(text: &[u8]) -> Option<usize> {
-    if text.first() != Some(&b'[') {
-        return None;
-    }
-    let mut i = skip_ws(text, 1);
-    if text.get(i) == Some(&b']') {
-        return (i + 1 == text.len()).then_some(0);
-    }
-    let mut n = 0;
-    loop {
-        let ([role], end) = object_spans(text, i, [b"role"], false)?;
-        if text.get(role?.start) != Some(&b'"') {
-            return None;
-        }
-        n += 1;
-        i = skip_ws(text, end);
-        match text.get(i) {
-            Some(b',') => i = skip_ws(text, i + 1),
-            Some(b']') => return (i + 1 == text.len()).then_some(n),
-            _ => return None,
-        }
-    }
+    let (end, count) = scan_messages(text, 0)?;
+    (end == text.len()).then_some(count)
 }
 
 /// `text` without the JSON whitespace it starts with.
