@@ -75,14 +75,8 @@ fn main() {
         eprintln!("floor: BACKEND must be HOST:PORT, not {backend:?}");
         std::process::exit(2);
     };
-    // As `switchyard serve`: one thread when pinned to one core.
-    let one_core = std::thread::available_parallelism().is_ok_and(|n| n.get() == 1);
-    let mut builder = if one_core {
-        tokio::runtime::Builder::new_current_thread()
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-    };
-    let runtime = builder.enable_all().build().expect("a tokio runtime");
+    // The runtime `switchyard serve` runs on.
+    let runtime = switchyard::cli::runtime().expect("a tokio runtime");
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(&listen)
             .await

@@ -68,16 +68,21 @@ pub fn run(cli: Cli) -> ExitCode {
     }
 }
 
-fn serve(config: PathBuf) -> ExitCode {
-    // On one core (a pinned process, a one-CPU container) a multi-thread
-    // scheduler only adds synchronisation and cross-thread wake-ups.
+/// The runtime `serve` runs on, sized to the cores the process may use: on
+/// one core (a pinned process, a one-CPU container) a multi-thread
+/// scheduler only adds synchronisation and cross-thread wake-ups.
+pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     let one_core = std::thread::available_parallelism().is_ok_and(|n| n.get() == 1);
     let mut builder = if one_core {
         tokio::runtime::Builder::new_current_thread()
     } else {
         tokio::runtime::Builder::new_multi_thread()
     };
-    let runtime = match builder.enable_all().build() {
+    builder.enable_all().build()
+}
+
+fn serve(config: PathBuf) -> ExitCode {
+    let runtime = match runtime() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("switchyard: cannot start the runtime: {e}");
