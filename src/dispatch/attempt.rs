@@ -147,10 +147,11 @@ pub async fn attempt(
     if let Some(v) = &provider.id_header {
         headers.insert(X_SWITCHYARD_PROVIDER, v.clone());
     }
-    let model_header = match &target.model_header {
-        Some(v) => Some(v.clone()),
-        None => HeaderValue::try_from(&**model).ok(),
-    };
+    // Made at config compile, unless the model is the client's (a wildcard).
+    let model_header = target
+        .model_header
+        .clone()
+        .or_else(|| HeaderValue::try_from(&**model).ok());
     if let Some(v) = model_header {
         headers.insert(X_SWITCHYARD_MODEL, v);
     }
