@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
+use support::client::streamed_content;
 use support::mock::{self, Plan, Step, chunk, done, event};
 use support::{Client, Gateway, Mock, chat};
 use tokio::sync::Notify;
@@ -428,16 +429,10 @@ async fn a_stream_that_keeps_talking_outlives_its_idle_timeout() {
         started.elapsed() > Duration::from_millis(250),
         "the stream outlasted the limit"
     );
-    let text: String = reply
-        .chunks()
-        .iter()
-        .filter_map(|c| {
-            c["choices"][0]["delta"]["content"]
-                .as_str()
-                .map(str::to_owned)
-        })
-        .collect();
-    assert_eq!(text, "t0 t1 t2 t3 t4 t5 t6 t7 ");
+    assert_eq!(
+        streamed_content(&reply.chunks()),
+        "t0 t1 t2 t3 t4 t5 t6 t7 "
+    );
     assert!(!reply.text().contains("silent"), "{}", reply.text());
 }
 
