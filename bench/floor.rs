@@ -19,7 +19,7 @@ use http::uri::{Authority, Scheme};
 use http::{HeaderValue, Request, Response, StatusCode, Uri, header};
 use http_body_util::{Either, Empty};
 use hyper::body::Incoming;
-use switchyard::upstream::h1;
+use switchyard::upstream::{Added, h1};
 
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
@@ -50,7 +50,7 @@ async fn forward(pool: Arc<h1::Pool>, backend: Authority, request: Request<Incom
             .headers_mut()
             .insert(header::CONTENT_TYPE, v.clone());
     }
-    match pool.send(upstream).await {
+    match pool.send(upstream, Added::NONE).await {
         Ok(response) => response.map(Either::Left),
         Err(_) => status(StatusCode::BAD_GATEWAY),
     }

@@ -3,13 +3,13 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Uri, header};
+use http::{HeaderName, HeaderValue, Method, Request, Uri};
 
 use crate::adapter::Adapter;
 use crate::dispatch::health::HealthCheck;
 use crate::dispatch::limit::Limiter;
 use crate::secret::Secret;
-use crate::upstream::{PoolKey, Timeouts, Transport};
+use crate::upstream::{Added, PoolKey, Stamp, Timeouts, Transport};
 
 #[derive(Debug)]
 pub struct Provider {
@@ -22,12 +22,11 @@ pub struct Provider {
     pub kind: String,
     pub adapter: Box<dyn Adapter>,
     pub transport: Transport,
-    /// The header that carries the provider key, marked sensitive.
-    pub credential: Option<(HeaderName, HeaderValue)>,
     /// The provider key, kept to scrub it from anything a backend says back.
     pub api_key: Option<Secret>,
-    /// Static headers from the config, sent with every request.
-    pub headers: HeaderMap,
+    /// The configured headers, the credential and the user agent, sent
+    /// with every request.
+    pub stamp: Stamp,
     pub timeouts: Timeouts,
     /// The pool this provider's HTTP client lives in, if it talks HTTP.
     pub pool: Option<PoolKey>,
@@ -38,29 +37,26 @@ pub struct Provider {
     pub discover: Option<std::time::Duration>,
 }
 
-const USER_AGENT: HeaderValue =
-    HeaderValue::from_static(concat!("switchyard/", env!("CARGO_PKG_VERSION")));
-
 impl Provider {
-    /// What the gateway adds to every request to this provider: the
-    /// configured headers, the credential (which wins over them) and the
-    /// user agent.
-    pub fn stamp(&self, headers: &mut HeaderMap) {
-        for (name, value) in &self.headers {
-            headers.insert(name, value.clone());
-        }
-        if let Some((name, value)) = &self.credential {
-            headers.insert(name, value.clone());
-        }
-        headers.insert(header::USER_AGENT, USER_AGENT);
-    }
-
-    /// A GET of `uri` as this provider expects it (health checks, model lists).
+    /// A GET of `uri` (health checks, model lists); send it with
+    /// `self.added(&[], None)`, which carries the credential.
     pub fn get(&self, uri: Uri) -> Request<Bytes> {
         let mut request = Request::new(Bytes::new());
         *request.method_mut() = Method::GET;
         *request.uri_mut() = uri;
-        self.stamp(request.headers_mut());
         request
+    }
+
+    /// What goes with a request to this provider besides its own headers.
+    pub fn added<'a>(
+        &'a self,
+        fixed: &'static [(HeaderName, HeaderValue)],
+        request_id: Option<&'a HeaderValue>,
+    ) -> Added<'a> {
+        Added {
+            fixed,
+            stamp: &self.stamp,
+            request_id,
+        }
     }
 }

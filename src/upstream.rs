@@ -3,6 +3,7 @@
 //! attempt reports.
 
 pub mod h1;
+pub mod stamp;
 pub mod websocket;
 
 use std::collections::HashMap;
@@ -22,6 +23,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::net::TcpStream;
 
 use crate::adapter::demo;
+pub use stamp::{Added, Stamp};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type TlsClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
@@ -34,11 +36,16 @@ pub struct HttpClient {
 }
 
 impl HttpClient {
-    async fn send(&self, request: Request<Bytes>) -> Result<Response<UpstreamBody>, Failure> {
+    async fn send(
+        &self,
+        mut request: Request<Bytes>,
+        added: Added<'_>,
+    ) -> Result<Response<UpstreamBody>, Failure> {
         if request.uri().scheme() == Some(&http::uri::Scheme::HTTP) {
-            let response = self.plain.send(request).await?;
+            let response = self.plain.send(request, added).await?;
             return Ok(response.map(UpstreamBody::Plain));
         }
+        added.apply(request.headers_mut());
         // Boxed: the pooled client's future is large and would make every
         // request's future (plain ones included) as large.
         match Box::pin(self.tls.request(request.map(Full::new))).await {
@@ -88,11 +95,23 @@ impl std::fmt::Debug for Transport {
 
 impl Transport {
     /// Sends one request (its whole body at hand) and waits for the response head.
-    pub async fn send(&self, request: Request<Bytes>) -> Result<Response<UpstreamBody>, Failure> {
+    /// `added` goes with it: written into the head by the plain-HTTP
+    /// client, put into the header map by the others.
+    pub async fn send(
+        &self,
+        mut request: Request<Bytes>,
+        added: Added<'_>,
+    ) -> Result<Response<UpstreamBody>, Failure> {
         match self {
-            Transport::Http(client) => client.send(request).await,
-            Transport::Demo(backend) => Ok(Box::pin(backend.handle(request)).await),
-            Transport::WebSocket(ws) => Box::pin(ws.send(request)).await,
+            Transport::Http(client) => client.send(request, added).await,
+            Transport::Demo(backend) => {
+                added.apply(request.headers_mut());
+                Ok(Box::pin(backend.handle(request)).await)
+            }
+            Transport::WebSocket(ws) => {
+                added.apply(request.headers_mut());
+                Box::pin(ws.send(request)).await
+            }
         }
     }
 

@@ -100,6 +100,59 @@ async fn the_request_id_is_kept_and_forwarded() {
 }
 
 #[tokio::test]
+async fn the_backend_gets_each_header_once_with_the_credential_winning() {
+    let mock = Mock::openai().await;
+    let gw = Gateway::start(&format!(
+        "auth: {{required: false}}\n\
+         providers:\n  vllm:\n    type: openai\n    base_url: {}\n    api_key: sk-provider-key\n\
+         \x20   headers: {{x-tenant: search, authorization: Bearer configured, accept: application/x-custom, x-request-id: configured}}\n\
+         models:\n  chat-default:\n    targets: [{{provider: vllm, model: m}}]\n",
+        mock.url("/v1")
+    ));
+    let client = Client::new();
+    for stream in [false, true] {
+        let reply = client
+            .post(
+                &gw.url("/v1/chat/completions"),
+                &[("x-request-id", "req-hdr-1")],
+                chat("chat-default", stream),
+            )
+            .await;
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        let sent = mock.last();
+        for name in [
+            "authorization",
+            "x-tenant",
+            "accept",
+            "content-type",
+            "user-agent",
+            "x-request-id",
+            "host",
+            "content-length",
+        ] {
+            assert_eq!(
+                sent.headers.get_all(name).iter().count(),
+                1,
+                "{name} once (stream: {stream})"
+            );
+        }
+        assert_eq!(sent.header("authorization"), Some("Bearer sk-provider-key"));
+        assert_eq!(sent.header("x-tenant"), Some("search"));
+        assert_eq!(
+            sent.header("accept"),
+            Some("application/x-custom"),
+            "configured headers win over the dialect's"
+        );
+        assert_eq!(sent.header("content-type"), Some("application/json"));
+        assert_eq!(sent.header("x-request-id"), Some("req-hdr-1"));
+        assert!(
+            sent.header("user-agent")
+                .is_some_and(|ua| ua.starts_with("switchyard/"))
+        );
+    }
+}
+
+#[tokio::test]
 async fn completions_and_embeddings_pass_through() {
     let mock = Mock::openai().await;
     let gw = Gateway::start(&config(&mock, ""));

@@ -15,7 +15,7 @@
 use std::borrow::Cow;
 
 use bytes::{Bytes, BytesMut};
-use http::{HeaderValue, Uri};
+use http::{HeaderMap, HeaderValue, Uri};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
@@ -105,10 +105,11 @@ impl Adapter for Anthropic {
 
     fn request(&self, call: &Call, model: &str) -> Result<UpstreamRequest, Error> {
         let (body, stream) = self.translate(call.endpoint, &call.body, model)?;
-        let mut headers = super::openai::json_headers(stream);
+        let mut headers = HeaderMap::with_capacity(1);
         headers.insert("anthropic-version", self.version.clone());
         Ok(UpstreamRequest {
             uri: self.messages.clone(),
+            fixed: super::openai::json_headers(stream),
             headers,
             body,
             stream,

@@ -531,6 +531,7 @@ impl Adapter for Cohere {
         };
         Ok(UpstreamRequest {
             uri: uri.clone(),
+            fixed: &[],
             headers: self.headers(stream),
             body,
             stream,

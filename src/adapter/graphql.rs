@@ -166,6 +166,7 @@ impl Adapter for GraphQl {
         headers.insert(header::ACCEPT, HeaderValue::from_static(ACCEPT));
         Ok(UpstreamRequest {
             uri: self.uri.clone(),
+            fixed: &[],
             headers,
             body: Bytes::from(body),
             stream: false,

@@ -21,7 +21,7 @@ use std::fmt::Debug;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderName, StatusCode, Uri};
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri};
 use serde::Deserialize;
 
 use crate::call::Call;
@@ -69,7 +69,7 @@ pub trait Adapter: Send + Sync + Debug {
 }
 
 /// Room to make in an upstream request's header map: the adapter's own
-/// headers and those added on the way out (user agent, credential, request
+/// headers and those a transport may add (user agent, credential, request
 /// id), so that none of them makes it grow.
 pub const REQUEST_HEADERS: usize = 8;
 
@@ -77,7 +77,11 @@ pub const REQUEST_HEADERS: usize = 8;
 #[derive(Debug)]
 pub struct UpstreamRequest {
     pub uri: Uri,
-    /// Dialect headers (content type, API version); credentials are added later.
+    /// Dialect headers that every request of this kind carries (content
+    /// type, accept), made once; `headers` never repeats them.
+    pub fixed: &'static [(HeaderName, HeaderValue)],
+    /// Dialect headers made for this request (API version, say);
+    /// credentials are added later.
     pub headers: HeaderMap,
     pub body: Bytes,
     /// Whether the backend will answer with a stream.

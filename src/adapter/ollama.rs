@@ -278,6 +278,7 @@ impl Adapter for Ollama {
         };
         Ok(UpstreamRequest {
             uri: uri.clone(),
+            fixed: &[],
             headers: headers(stream),
             body: Bytes::from(body),
             stream,

@@ -7,7 +7,7 @@ use std::ops::Range;
 use std::sync::LazyLock;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use http::{HeaderMap, HeaderValue, Uri, header};
+use http::{HeaderMap, HeaderName, HeaderValue, Uri, header};
 use memchr::memmem;
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -106,7 +106,8 @@ impl Adapter for OpenAi {
         let body = splice_all(&call.body, &mut edits[..n]);
         Ok(UpstreamRequest {
             uri: uri.clone(),
-            headers: json_headers(call.view.stream),
+            fixed: json_headers(call.view.stream),
+            headers: HeaderMap::new(),
             body,
             stream: call.view.stream,
         })
@@ -206,21 +207,23 @@ pub(super) fn splice_many<T: AsRef<[u8]>>(body: &[u8], edits: &mut [(Range<usize
 }
 
 /// `content-type: application/json` and the matching `accept`.
-pub fn json_headers(stream: bool) -> HeaderMap {
-    let mut headers = HeaderMap::with_capacity(super::REQUEST_HEADERS);
-    headers.insert(
+pub fn json_headers(stream: bool) -> &'static [(HeaderName, HeaderValue)] {
+    const CONTENT_TYPE: (HeaderName, HeaderValue) = (
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
-    headers.insert(
-        header::ACCEPT,
-        HeaderValue::from_static(if stream {
-            "text/event-stream"
-        } else {
-            "application/json"
-        }),
-    );
-    headers
+    static WHOLE: [(HeaderName, HeaderValue); 2] = [
+        CONTENT_TYPE,
+        (header::ACCEPT, HeaderValue::from_static("application/json")),
+    ];
+    static STREAM: [(HeaderName, HeaderValue); 2] = [
+        CONTENT_TYPE,
+        (
+            header::ACCEPT,
+            HeaderValue::from_static("text/event-stream"),
+        ),
+    ];
+    if stream { &STREAM } else { &WHOLE }
 }
 
 /// The fields of a response or chunk the gateway looks at; everything else is

@@ -378,6 +378,7 @@ impl Adapter for Rest {
         }
         Ok(UpstreamRequest {
             uri: self.uri.clone(),
+            fixed: &[],
             headers,
             body: Bytes::from(body),
             stream,

@@ -19,7 +19,7 @@ use crate::provider::Provider;
 use crate::registry::{Settings, Shared, Snapshot};
 use crate::route::{self, Alias, Aliases, Target};
 use crate::secret::Secret;
-use crate::upstream::{ExtraRoots, PoolKey, Timeouts, Transport};
+use crate::upstream::{ExtraRoots, PoolKey, Stamp, Timeouts, Transport};
 
 pub fn compile(raw: raw::Config, shared: &Shared) -> Result<Snapshot, Vec<Problem>> {
     let mut problems = Vec::new();
@@ -563,9 +563,8 @@ fn provider(
         kind: raw.kind.clone(),
         adapter: built.adapter,
         transport,
-        credential,
         api_key: api_key.map(Secret::new),
-        headers,
+        stamp: Stamp::new(&headers, credential),
         timeouts,
         pool,
         limiter,

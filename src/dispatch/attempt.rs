@@ -16,7 +16,7 @@ use crate::adapter::{Converted, UpstreamRequest};
 use crate::body::{Body, WholeError};
 use crate::call::Call;
 use crate::error::{Error, Kind};
-use crate::headers::{X_ACCEL_BUFFERING, X_REQUEST_ID, X_SWITCHYARD_MODEL, X_SWITCHYARD_PROVIDER};
+use crate::headers::{X_ACCEL_BUFFERING, X_SWITCHYARD_MODEL, X_SWITCHYARD_PROVIDER};
 use crate::metrics::{Inflight, Metrics};
 use crate::openai::Usage;
 use crate::provider::Provider;
@@ -66,7 +66,8 @@ pub async fn attempt(
         .request(call, model)
         .map_err(AttemptError::Refused)?;
     let stream = upstream.stream;
-    let request = http_request(call, provider, upstream);
+    let added = provider.added(upstream.fixed, Some(&call.request_id));
+    let request = http_request(upstream);
 
     let timeouts = provider.timeouts;
     let deadline = call.started + timeouts.total;
@@ -80,7 +81,7 @@ pub async fn attempt(
     };
     // Boxed: inline, the send (1.8 KB) made this future and every one that
     // holds it twice as large, and each is copied when it is boxed in turn.
-    let send = Box::pin(provider.transport.send(request));
+    let send = Box::pin(provider.transport.send(request, added));
     let response = match tokio::time::timeout_at(first_byte, send).await {
         Ok(Ok(response)) => response,
         Ok(Err(failure)) => {
@@ -196,18 +197,14 @@ fn render(call: &Call, converted: Converted) -> (Response<Body>, Option<Usage>) 
     (response, usage)
 }
 
-/// The upstream request: the adapter's, plus provider headers, the
-/// credential and the request id. Nothing of the client's headers goes along.
-fn http_request(call: &Call, provider: &Provider, upstream: UpstreamRequest) -> Request<Bytes> {
+/// The upstream request as the adapter made it; the transport adds the
+/// dialect's fixed headers, the provider's and the request id. Nothing of the
+/// client's headers goes along.
+fn http_request(upstream: UpstreamRequest) -> Request<Bytes> {
     let mut request = Request::new(upstream.body);
     *request.method_mut() = Method::POST;
     *request.uri_mut() = upstream.uri;
-    let headers = request.headers_mut();
-    *headers = upstream.headers;
-    // One growth at most, for providers with many headers of their own.
-    headers.reserve(provider.headers.len() + 3);
-    provider.stamp(headers);
-    headers.insert(X_REQUEST_ID, call.request_id.clone());
+    *request.headers_mut() = upstream.headers;
     request
 }
 

@@ -326,7 +326,11 @@ async fn run_check(
     loop {
         ticks.tick().await;
         let request = provider.get(check.url.clone());
-        let outcome = tokio::time::timeout(check.timeout, provider.transport.send(request)).await;
+        let outcome = tokio::time::timeout(
+            check.timeout,
+            provider.transport.send(request, provider.added(&[], None)),
+        )
+        .await;
         let passed = matches!(&outcome, Ok(Ok(r)) if r.status().is_success());
         if passed {
             let now = Instant::now();

@@ -31,7 +31,7 @@ use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use super::{Cause, Failure};
+use super::{Added, Cause, Failure};
 
 /// How long a connection may sit idle in the pool.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
@@ -95,13 +95,14 @@ impl Pool {
     pub async fn send(
         self: &Arc<Self>,
         request: Request<Bytes>,
+        added: Added<'_>,
     ) -> Result<Response<Body>, Failure> {
         let (parts, body) = request.into_parts();
         let authority = parts
             .uri
             .authority()
             .ok_or_else(|| Failure::new(Cause::Connect, "the backend URL has no host"))?;
-        let head = encode_head(&parts, &body);
+        let head = encode_head(&parts, &body, added);
         let mut pooled = true;
         loop {
             let conn = match pooled.then(|| self.checkout(authority)).flatten() {
@@ -487,9 +488,10 @@ fn framing(
     })
 }
 
-/// The request line and headers. The body always goes with a content-length
-/// (a GET without one has none).
-fn encode_head(parts: &http::request::Parts, body: &Bytes) -> Vec<u8> {
+/// The request line and headers: the request's own, then what `added`
+/// brings (whose lines are mostly made already). The body always goes with a
+/// content-length (a GET without one has none).
+fn encode_head(parts: &http::request::Parts, body: &Bytes, added: Added<'_>) -> Vec<u8> {
     let path = parts
         .uri
         .path_and_query()
@@ -501,12 +503,13 @@ fn encode_head(parts: &http::request::Parts, body: &Bytes) -> Vec<u8> {
         .iter()
         .map(|(n, v)| n.as_str().len() + v.len() + 4)
         .sum();
-    let mut head = Vec::with_capacity(64 + path.len() + size);
+    let mut head = Vec::with_capacity(64 + path.len() + size + added.size());
     head.extend_from_slice(parts.method.as_str().as_bytes());
     head.push(b' ');
     head.extend_from_slice(path.as_bytes());
     head.extend_from_slice(b" HTTP/1.1\r\n");
-    if !parts.headers.contains_key(HOST) {
+    if !(added.stamp.covers(&HOST) || !parts.headers.is_empty() && parts.headers.contains_key(HOST))
+    {
         let authority = parts
             .uri
             .authority()
@@ -517,7 +520,7 @@ fn encode_head(parts: &http::request::Parts, body: &Bytes) -> Vec<u8> {
         head.extend_from_slice(b"\r\n");
     }
     for (name, value) in &parts.headers {
-        if name == CONTENT_LENGTH || name == TRANSFER_ENCODING || name == CONNECTION {
+        if added.replaces(name) {
             continue;
         }
         head.extend_from_slice(name.as_str().as_bytes());
@@ -525,6 +528,7 @@ fn encode_head(parts: &http::request::Parts, body: &Bytes) -> Vec<u8> {
         head.extend_from_slice(value.as_bytes());
         head.extend_from_slice(b"\r\n");
     }
+    added.put_lines(&mut head);
     let bodiless = matches!(parts.method, Method::GET | Method::HEAD | Method::DELETE);
     if !(bodiless && body.is_empty()) {
         head.extend_from_slice(b"content-length: ");
@@ -874,12 +878,15 @@ mod tests {
         ])
         .await;
         let pool = Pool::new(Duration::from_secs(1));
-        let response = pool.send(post(&address, "{\"a\":1}")).await.unwrap();
+        let response = pool
+            .send(post(&address, "{\"a\":1}"), Added::NONE)
+            .await
+            .unwrap();
         assert_eq!(response.status(), 200);
         assert_eq!(response.headers()["x-a"], "1");
         assert_eq!(text(response).await.unwrap(), "hello");
         assert_eq!(pool.idle_count(), 1);
-        let response = pool.send(post(&address, "{}")).await.unwrap();
+        let response = pool.send(post(&address, "{}"), Added::NONE).await.unwrap();
         assert_eq!(response.status(), 201);
         assert_eq!(text(response).await.unwrap(), "ok");
 
@@ -918,14 +925,14 @@ mod tests {
         ])
         .await;
         let pool = Pool::new(Duration::from_secs(1));
-        let response = pool.send(post(&address, "{}")).await.unwrap();
+        let response = pool.send(post(&address, "{}"), Added::NONE).await.unwrap();
         assert_eq!(text(response).await.unwrap(), "data: 0123456789abcdef");
         assert_eq!(
             pool.idle_count(),
             1,
             "a complete chunked body frees the connection"
         );
-        let response = pool.send(post(&address, "{}")).await.unwrap();
+        let response = pool.send(post(&address, "{}"), Added::NONE).await.unwrap();
         assert_eq!(response.status(), 204);
         assert!(response.body().is_end_stream());
         assert_eq!(pool.idle_count(), 1);
@@ -942,7 +949,7 @@ mod tests {
         )])
         .await;
         let pool = Pool::new(Duration::from_secs(1));
-        let response = pool.send(post(&address, "{}")).await.unwrap();
+        let response = pool.send(post(&address, "{}"), Added::NONE).await.unwrap();
         assert_eq!(response.status(), 200);
         assert_eq!(text(response).await.unwrap(), "hi");
     }
@@ -959,13 +966,13 @@ mod tests {
         ])
         .await;
         let pool = Pool::new(Duration::from_secs(1));
-        let response = pool.send(post(&address, "{}")).await.unwrap();
+        let response = pool.send(post(&address, "{}"), Added::NONE).await.unwrap();
         assert_eq!(text(response).await.unwrap(), "a");
         assert_eq!(pool.idle_count(), 0);
-        let response = pool.send(post(&address, "{}")).await.unwrap();
+        let response = pool.send(post(&address, "{}"), Added::NONE).await.unwrap();
         assert_eq!(text(response).await.unwrap(), "until the end");
         assert_eq!(pool.idle_count(), 0);
-        let response = pool.send(post(&address, "{}")).await.unwrap();
+        let response = pool.send(post(&address, "{}"), Added::NONE).await.unwrap();
         assert_eq!(response.version(), Version::HTTP_10);
         assert_eq!(text(response).await.unwrap(), "b");
         assert_eq!(pool.idle_count(), 0);
@@ -980,10 +987,10 @@ mod tests {
         ])
         .await;
         let pool = Pool::new(Duration::from_secs(1));
-        let response = pool.send(post(&address, "{}")).await.unwrap();
+        let response = pool.send(post(&address, "{}"), Added::NONE).await.unwrap();
         assert_eq!(text(response).await.unwrap(), "1");
         assert_eq!(pool.idle_count(), 1);
-        let response = pool.send(post(&address, "{}")).await.unwrap();
+        let response = pool.send(post(&address, "{}"), Added::NONE).await.unwrap();
         assert_eq!(text(response).await.unwrap(), "2");
         assert_eq!(seen.recv().await.unwrap().0, 1);
         assert_eq!(seen.recv().await.unwrap().0, 2);
@@ -997,7 +1004,7 @@ mod tests {
         )])
         .await;
         let pool = Pool::new(Duration::from_secs(1));
-        let response = pool.send(post(&address, "{}")).await.unwrap();
+        let response = pool.send(post(&address, "{}"), Added::NONE).await.unwrap();
         assert_eq!(text(response).await.unwrap(), "1");
         assert_eq!(pool.idle_count(), 1);
         // The close reaches the reactor on one of its next turns.
@@ -1029,15 +1036,18 @@ mod tests {
         ])
         .await;
         let pool = Pool::new(Duration::from_secs(1));
-        let response = pool.send(post(&address, "{}")).await.unwrap();
+        let response = pool.send(post(&address, "{}"), Added::NONE).await.unwrap();
         assert_eq!(text(response).await.unwrap(), "1");
-        let response = pool.send(post(&address, "{}")).await.unwrap();
+        let response = pool.send(post(&address, "{}"), Added::NONE).await.unwrap();
         assert_eq!(text(response).await.unwrap(), "2");
         let connections: Vec<usize> = [(); 3].iter().map(|_| seen.try_recv().unwrap().0).collect();
         assert_eq!(connections, [1, 1, 2]);
 
         pool.forget(&address.parse().unwrap());
-        let e = pool.send(post(&address, "{}")).await.unwrap_err();
+        let e = pool
+            .send(post(&address, "{}"), Added::NONE)
+            .await
+            .unwrap_err();
         assert_eq!(e.cause, Cause::Connect);
         assert!(e.message.contains("before answering"), "{}", e.message);
         assert_eq!(seen.recv().await.unwrap().0, 3);
@@ -1061,11 +1071,11 @@ mod tests {
         ])
         .await;
         let pool = Pool::new(Duration::from_secs(1));
-        let response = pool.send(post(&address, "{}")).await.unwrap();
+        let response = pool.send(post(&address, "{}"), Added::NONE).await.unwrap();
         let e = text(response).await.unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof);
 
-        let response = pool.send(post(&address, "{}")).await.unwrap();
+        let response = pool.send(post(&address, "{}"), Added::NONE).await.unwrap();
         let mut body = response.into_body();
         let frame = body.frame().await.unwrap().unwrap();
         assert_eq!(frame.into_data().unwrap(), "abc");
@@ -1092,15 +1102,21 @@ mod tests {
         ])
         .await;
         let pool = Pool::new(Duration::from_secs(1));
-        let e = pool.send(post(&address, "{}")).await.unwrap_err();
+        let e = pool
+            .send(post(&address, "{}"), Added::NONE)
+            .await
+            .unwrap_err();
         assert_eq!(e.cause, Cause::Protocol, "{}", e.message);
-        let e = pool.send(post(&address, "{}")).await.unwrap_err();
+        let e = pool
+            .send(post(&address, "{}"), Added::NONE)
+            .await
+            .unwrap_err();
         assert!(
             e.message.contains("conflicting content-length"),
             "{}",
             e.message
         );
-        let response = pool.send(post(&address, "{}")).await.unwrap();
+        let response = pool.send(post(&address, "{}"), Added::NONE).await.unwrap();
         let e = text(response).await.unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::InvalidData);
     }
@@ -1111,7 +1127,10 @@ mod tests {
         let address = listener.local_addr().unwrap().to_string();
         drop(listener);
         let pool = Pool::new(Duration::from_secs(1));
-        let e = pool.send(post(&address, "{}")).await.unwrap_err();
+        let e = pool
+            .send(post(&address, "{}"), Added::NONE)
+            .await
+            .unwrap_err();
         assert_eq!(e.cause, Cause::Connect);
         assert!(e.message.starts_with("cannot connect"), "{}", e.message);
     }
@@ -1122,11 +1141,60 @@ mod tests {
             .body(Bytes::new())
             .unwrap();
         let (parts, body) = request.into_parts();
-        let head = String::from_utf8(encode_head(&parts, &body)).unwrap();
+        let head = String::from_utf8(encode_head(&parts, &body, Added::NONE)).unwrap();
         assert_eq!(
             head,
             "GET /v1/models?x=1 HTTP/1.1\r\nhost: backend:8000\r\n\r\n"
         );
+    }
+
+    #[test]
+    fn a_request_head_holds_its_own_headers_and_the_added_lines_once_each() {
+        use crate::upstream::Stamp;
+        use http::header::{AUTHORIZATION, CONTENT_TYPE};
+        static FIXED: [(HeaderName, HeaderValue); 1] =
+            [(CONTENT_TYPE, HeaderValue::from_static("application/json"))];
+        let mut configured = HeaderMap::new();
+        configured.insert(HOST, HeaderValue::from_static("api.example"));
+        configured.insert("x-tenant", HeaderValue::from_static("search"));
+        let stamp = Stamp::new(
+            &configured,
+            Some((AUTHORIZATION, HeaderValue::from_static("Bearer k"))),
+        );
+        let id = HeaderValue::from_static("req-9");
+        let added = Added {
+            fixed: &FIXED,
+            stamp: &stamp,
+            request_id: Some(&id),
+        };
+        let request = Request::post("http://backend:8000/v1/chat/completions")
+            .header("anthropic-version", "2023-06-01")
+            .header("x-tenant", "own")
+            .header("content-length", "1")
+            .body(Bytes::from_static(b"{}"))
+            .unwrap();
+        let (parts, body) = request.into_parts();
+        let head = String::from_utf8(encode_head(&parts, &body, added)).unwrap();
+        let mut lines: Vec<&str> = head.split("\r\n").collect();
+        assert_eq!(lines[0], "POST /v1/chat/completions HTTP/1.1");
+        assert_eq!(lines[lines.len() - 3..], ["content-length: 2", "", ""]);
+        lines.sort_unstable();
+        let agent = concat!("user-agent: switchyard/", env!("CARGO_PKG_VERSION"));
+        let mut want = vec![
+            "",
+            "",
+            "POST /v1/chat/completions HTTP/1.1",
+            "anthropic-version: 2023-06-01",
+            "authorization: Bearer k",
+            "content-length: 2",
+            "content-type: application/json",
+            "host: api.example",
+            agent,
+            "x-request-id: req-9",
+            "x-tenant: search",
+        ];
+        want.sort_unstable();
+        assert_eq!(lines, want);
     }
 
     #[test]

@@ -601,7 +601,8 @@ impl HuggingFace {
         }
         Ok(UpstreamRequest {
             uri: self.chat.clone(),
-            headers: json_headers(stream),
+            fixed: json_headers(stream),
+            headers: HeaderMap::new(),
             body: super::openai::splice_many(body, &mut edits),
             stream,
         })
@@ -683,7 +684,8 @@ impl HuggingFace {
         };
         Ok(UpstreamRequest {
             uri,
-            headers: json_headers(stream),
+            fixed: json_headers(stream),
+            headers: HeaderMap::new(),
             body: Bytes::from(body),
             stream,
         })
@@ -706,7 +708,8 @@ impl HuggingFace {
             .map_err(|e| Error::internal(e.to_string()))?;
         Ok(UpstreamRequest {
             uri: self.model_uri(model, "/pipeline/feature-extraction"),
-            headers: json_headers(false),
+            fixed: json_headers(false),
+            headers: HeaderMap::new(),
             body: Bytes::from(body),
             stream: false,
         })
@@ -1512,7 +1515,10 @@ mod tests {
             .unwrap();
         assert_eq!(r.uri, "http://tgi:8080/generate_stream");
         assert!(r.stream);
-        assert_eq!(r.headers["accept"], "text/event-stream");
+        assert!(r.fixed.contains(&(
+            http::header::ACCEPT,
+            http::HeaderValue::from_static("text/event-stream")
+        )));
         assert_eq!(
             body_json(&r)["parameters"],
             json!({"max_new_tokens": 12, "temperature": 0.7, "top_p": 0.9, "do_sample": true,
