@@ -404,11 +404,13 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Parsed, SendErro
     }
     let raw = buf.split_to(len).freeze();
     let mut headers = HeaderMap::with_capacity(spans.len());
+    let mut delimiters = Delimiters::default();
     for (name, value) in spans {
         let name = HeaderName::from_bytes(&raw[name])
             .map_err(|_| SendError::protocol("the backend sent an invalid header name"))?;
         let value = HeaderValue::from_maybe_shared(raw.slice(value))
             .map_err(|_| SendError::protocol("the backend sent an invalid header value"))?;
+        delimiters.read(&name, &value);
         headers.append(name, value);
     }
 
@@ -417,20 +419,9 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Parsed, SendErro
     } else {
         Version::HTTP_11
     };
-    let mut keep_alive = version == Version::HTTP_11;
-    for value in headers.get_all(CONNECTION) {
-        let value = value.as_bytes();
-        if value
-            .split(|&b| b == b',')
-            .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
-        {
-            keep_alive = false;
-        }
-    }
-    let framing = framing(&headers, status, head_request)?;
-    if matches!(framing, Framing::UntilClose) {
-        keep_alive = false;
-    }
+    let framing = delimiters.framing(status, head_request)?;
+    let keep_alive =
+        version == Version::HTTP_11 && !delimiters.close && !matches!(framing, Framing::UntilClose);
     let mut response = Response::new(());
     *response.status_mut() = status;
     *response.version_mut() = version;
@@ -442,50 +433,72 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Parsed, SendErro
     }))
 }
 
-/// How the body of a response is delimited (RFC 9112, section 6.3).
-fn framing(
-    headers: &HeaderMap,
-    status: StatusCode,
-    head_request: bool,
-) -> Result<Framing, SendError> {
-    if head_request
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED
-        || status.is_informational()
-    {
-        return Ok(Framing::Length(0));
-    }
-    let mut encodings = headers.get_all(TRANSFER_ENCODING).iter().peekable();
-    if encodings.peek().is_some() {
-        let last = encodings
-            .last()
-            .and_then(|v| v.as_bytes().rsplit(|&b| b == b',').next())
-            .map(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-        return Ok(if last == Some(true) {
-            Framing::Chunked(Chunked::Size)
-        } else {
-            Framing::UntilClose
-        });
-    }
-    let mut length = None;
-    for value in headers.get_all(CONTENT_LENGTH) {
-        for part in value.as_bytes().split(|&b| b == b',') {
-            let n = std::str::from_utf8(part.trim_ascii())
-                .ok()
-                .and_then(|s| s.parse::<u64>().ok())
-                .ok_or_else(|| SendError::protocol("the backend sent an invalid content-length"))?;
-            if length.is_some_and(|l| l != n) {
-                return Err(SendError::protocol(
-                    "the backend sent conflicting content-length headers",
-                ));
+/// What a response head says about where its body ends and whether its
+/// connection stays open, read header by header as the head is taken apart.
+#[derive(Default)]
+struct Delimiters {
+    /// A `connection: close`.
+    close: bool,
+    /// Whether the last `transfer-encoding` ends in `chunked`, when there is one.
+    chunked: Option<bool>,
+    /// The `content-length`, every one of them agreeing.
+    length: Option<u64>,
+    bad_length: Option<&'static str>,
+}
+
+impl Delimiters {
+    fn read(&mut self, name: &HeaderName, value: &HeaderValue) {
+        let value = value.as_bytes();
+        if name == CONNECTION {
+            self.close |= value
+                .split(|&b| b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"));
+        } else if name == TRANSFER_ENCODING {
+            let last = value.rsplit(|&b| b == b',').next().unwrap_or_default();
+            self.chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        } else if name == CONTENT_LENGTH {
+            for part in value.split(|&b| b == b',') {
+                let Some(n) = std::str::from_utf8(part.trim_ascii())
+                    .ok()
+                    .and_then(|s| s.parse::<u64>().ok())
+                else {
+                    self.bad_length
+                        .get_or_insert("the backend sent an invalid content-length");
+                    continue;
+                };
+                if self.length.is_some_and(|l| l != n) {
+                    self.bad_length
+                        .get_or_insert("the backend sent conflicting content-length headers");
+                }
+                self.length = Some(n);
             }
-            length = Some(n);
         }
     }
-    Ok(match length {
-        Some(n) => Framing::Length(n),
-        None => Framing::UntilClose,
-    })
+
+    /// How the body is delimited (RFC 9112, section 6.3).
+    fn framing(&self, status: StatusCode, head_request: bool) -> Result<Framing, SendError> {
+        if head_request
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED
+            || status.is_informational()
+        {
+            return Ok(Framing::Length(0));
+        }
+        if let Some(chunked) = self.chunked {
+            return Ok(if chunked {
+                Framing::Chunked(Chunked::Size)
+            } else {
+                Framing::UntilClose
+            });
+        }
+        if let Some(message) = self.bad_length {
+            return Err(SendError::protocol(message));
+        }
+        Ok(match self.length {
+            Some(n) => Framing::Length(n),
+            None => Framing::UntilClose,
+        })
+    }
 }
 
 /// The request line and headers: the request's own, then what `added`
@@ -1195,6 +1208,60 @@ mod tests {
         ];
         want.sort_unstable();
         assert_eq!(lines, want);
+    }
+
+    #[test]
+    fn bodies_are_delimited_as_rfc_9112_says() {
+        let frame = |headers: &[(&str, &str)], status: u16, head: bool| {
+            let mut d = Delimiters::default();
+            for (n, v) in headers {
+                d.read(
+                    &HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                    &HeaderValue::from_str(v).unwrap(),
+                );
+            }
+            let status = StatusCode::from_u16(status).unwrap();
+            (
+                d.framing(status, head).map_err(|e| e.failure.message),
+                d.close,
+            )
+        };
+        let ok = |f: Framing| (Ok(f), false);
+        let chunked = Framing::Chunked(Chunked::Size);
+        let cl = "content-length";
+        let te = "transfer-encoding";
+        assert_eq!(frame(&[(cl, "5")], 200, false), ok(Framing::Length(5)));
+        assert_eq!(
+            frame(&[(cl, "5, 5"), (cl, "5")], 200, false),
+            ok(Framing::Length(5))
+        );
+        assert_eq!(frame(&[], 200, false), ok(Framing::UntilClose));
+        assert_eq!(
+            frame(&[(te, "gzip, chunked"), (cl, "x")], 200, false),
+            ok(chunked)
+        );
+        assert_eq!(
+            frame(&[(te, "chunked"), (te, "gzip")], 200, false),
+            ok(Framing::UntilClose)
+        );
+        assert_eq!(
+            frame(&[(te, "chunked")], 204, false),
+            ok(Framing::Length(0))
+        );
+        assert_eq!(frame(&[(cl, "9")], 200, true), ok(Framing::Length(0)));
+        let bad = frame(&[(cl, "5"), (cl, "x"), (cl, "6")], 200, false).0;
+        assert_eq!(
+            bad,
+            Err("the backend sent an invalid content-length".into())
+        );
+        let conflict = frame(&[(cl, "5, 6")], 200, false).0;
+        assert!(conflict.unwrap_err().contains("conflicting"));
+        let close = frame(
+            &[("connection", "keep-alive, Close"), (cl, "1")],
+            200,
+            false,
+        );
+        assert_eq!(close, (Ok(Framing::Length(1)), true));
     }
 
     #[test]
