@@ -9,6 +9,7 @@ use globset::GlobMatcher;
 
 use tower::retry::budget::TpsBudget;
 
+use crate::dispatch::AnswerHeaders;
 use crate::dispatch::health::TargetState;
 use crate::provider::Provider;
 
@@ -21,6 +22,8 @@ pub struct Target {
     pub model: Option<Arc<str>>,
     /// `model` as the value of `x-switchyard-model`, made once.
     pub model_header: Option<http::HeaderValue>,
+    /// The headers of this target's answers, made once.
+    pub answer: AnswerHeaders,
     pub weight: u32,
     /// Health and latency, kept across reloads.
     pub state: Arc<TargetState>,

@@ -27,6 +27,24 @@ async fn wildcard_aliases_send_the_matched_part() {
     assert_eq!(mock.last().json()["model"], "llama3.1:8b");
     assert_eq!(reply.json()["model"], "ollama/llama3.1:8b");
     assert_eq!(reply.header("x-switchyard-model"), Some("llama3.1:8b"));
+    let streamed = client
+        .post(
+            &url,
+            &[("x-request-id", "wild-1")],
+            chat("ollama/llama3.1:8b", true),
+        )
+        .await;
+    assert_eq!(streamed.status, 200);
+    assert_eq!(streamed.header("content-type"), Some("text/event-stream"));
+    assert_eq!(streamed.header("x-switchyard-model"), Some("llama3.1:8b"));
+    assert_eq!(streamed.header("x-switchyard-provider"), Some("ollama"));
+    assert_eq!(streamed.header("x-request-id"), Some("wild-1"));
+    // A matched name that cannot be a header value gets no model header.
+    let odd = client.post(&url, &[], chat("ollama/a\u{1}b", false)).await;
+    assert_eq!(odd.status, 200);
+    assert_eq!(mock.last().json()["model"], "a\u{1}b");
+    assert_eq!(odd.header("x-switchyard-model"), None);
+    assert_eq!(odd.header("x-switchyard-provider"), Some("ollama"));
 
     let reply = client.post(&url, &[], chat("ollama/special", false)).await;
     assert_eq!(reply.status, 200);

@@ -12,6 +12,7 @@ use indexmap::IndexMap;
 use super::{Path, Problem, raw, units};
 use crate::adapter::{self, AuthStyle};
 use crate::auth::{self, Key, KeyTable};
+use crate::dispatch::AnswerHeaders;
 use crate::dispatch::health::HealthCheck;
 use crate::dispatch::retry::{RetryBudget, Routing};
 use crate::limits::{Amount, BudgetSpec, LimitSpec, OnStoreError, Period, Policy, RuleKeys};
@@ -62,12 +63,14 @@ pub fn compile(raw: raw::Config, shared: &Shared) -> Result<Snapshot, Vec<Proble
                 Some(p) => {
                     let model: Option<Arc<str>> = t.model.as_deref().map(Arc::from);
                     let label = model.clone().unwrap_or_else(|| alias_name.clone());
+                    let model_header = model
+                        .as_deref()
+                        .and_then(|m| http::HeaderValue::try_from(m).ok());
                     targets.push(Target {
                         provider: Arc::clone(p),
                         state: shared.health.target(&p.id, &label, metrics),
-                        model_header: model
-                            .as_deref()
-                            .and_then(|m| http::HeaderValue::try_from(m).ok()),
+                        answer: AnswerHeaders::new(p.id_header.as_ref(), model_header.as_ref()),
+                        model_header,
                         model,
                         weight: t.weight,
                     })

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::header::{self, HeaderValue};
+use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
@@ -16,7 +16,7 @@ use crate::adapter::{Converted, UpstreamRequest};
 use crate::body::{Body, WholeError};
 use crate::call::Call;
 use crate::error::{Error, Kind};
-use crate::headers::{X_ACCEL_BUFFERING, X_SWITCHYARD_MODEL, X_SWITCHYARD_PROVIDER};
+use crate::headers::{X_ACCEL_BUFFERING, X_REQUEST_ID, X_SWITCHYARD_MODEL, X_SWITCHYARD_PROVIDER};
 use crate::metrics::{Inflight, Metrics};
 use crate::openai::Usage;
 use crate::provider::Provider;
@@ -134,27 +134,24 @@ pub async fn attempt(
         }
         relay.prime().await?;
         let mut response = Response::new(Body::Relay(Box::new(relay)));
-        sse_headers(response.headers_mut());
+        *response.headers_mut() = target.answer.stream.clone();
         // A stream reports its usage when it ends.
         (response, None)
     } else {
         let limit = call.snapshot.settings.max_response_body as usize;
         let bytes = read_body(body, limit, deadline).await?;
         drop(permit);
-        render(call, provider.adapter.response(call, &head.headers, bytes)?)
+        let converted = provider.adapter.response(call, &head.headers, bytes)?;
+        render(call, &target.answer, converted)
     };
 
-    let headers = response.headers_mut();
-    if let Some(v) = &provider.id_header {
-        headers.insert(X_SWITCHYARD_PROVIDER, v.clone());
-    }
-    // Made at config compile, unless the model is the client's (a wildcard).
-    let model_header = target
-        .model_header
-        .clone()
-        .or_else(|| HeaderValue::try_from(&**model).ok());
-    if let Some(v) = model_header {
-        headers.insert(X_SWITCHYARD_MODEL, v);
+    // The model is the client's (a wildcard): its header is made now.
+    if target.model_header.is_none() {
+        let headers = response.headers_mut();
+        match HeaderValue::try_from(&**model) {
+            Ok(v) => headers.insert(X_SWITCHYARD_MODEL, v),
+            Err(_) => headers.remove(X_SWITCHYARD_MODEL),
+        };
     }
     call.outcome().served = Some(Served {
         provider: provider.id.clone(),
@@ -167,7 +164,11 @@ pub async fn attempt(
 /// A whole answer as the client wants it, and its usage: JSON, or a
 /// synthesized stream when the client asked for one from a backend that
 /// answered whole.
-fn render(call: &Call, converted: Converted) -> (Response<Body>, Option<Usage>) {
+fn render(
+    call: &Call,
+    answer: &AnswerHeaders,
+    converted: Converted,
+) -> (Response<Body>, Option<Usage>) {
     let (body, usage, stream) = match converted {
         // The passthrough's JSON is ready: nothing to render.
         Converted::Json { body, usage } => (body, usage, false),
@@ -186,15 +187,48 @@ fn render(call: &Call, converted: Converted) -> (Response<Body>, Option<Usage>) 
         ),
     };
     let mut response = Response::new(Body::full(body));
-    if stream {
-        sse_headers(response.headers_mut());
+    *response.headers_mut() = if stream {
+        answer.stream.clone()
     } else {
-        response.headers_mut().insert(
+        answer.json.clone()
+    };
+    (response, usage)
+}
+
+/// The headers every answer from a target carries, made when the config is
+/// compiled and cloned for each response, which costs less than inserting
+/// them one by one: the content type (JSON, or an event stream with the
+/// headers that stop proxies from buffering it), `x-switchyard-provider`,
+/// `x-switchyard-model` and `x-request-id`. The last is a stand-in that the
+/// gateway always replaces, as is the model's for a wildcard target, so
+/// that no insert grows the map.
+#[derive(Debug)]
+pub struct AnswerHeaders {
+    pub json: HeaderMap,
+    pub stream: HeaderMap,
+}
+
+impl AnswerHeaders {
+    pub fn new(provider: Option<&HeaderValue>, model: Option<&HeaderValue>) -> AnswerHeaders {
+        const STAND_IN: HeaderValue = HeaderValue::from_static("-");
+        let common = |headers: &mut HeaderMap| {
+            if let Some(v) = provider {
+                headers.insert(X_SWITCHYARD_PROVIDER, v.clone());
+            }
+            headers.insert(X_SWITCHYARD_MODEL, model.unwrap_or(&STAND_IN).clone());
+            headers.insert(X_REQUEST_ID, STAND_IN);
+        };
+        let mut json = HeaderMap::new();
+        json.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
+        common(&mut json);
+        let mut stream = HeaderMap::new();
+        sse_headers(&mut stream);
+        common(&mut stream);
+        AnswerHeaders { json, stream }
     }
-    (response, usage)
 }
 
 /// The upstream request as the adapter made it; the transport adds the
