@@ -243,7 +243,7 @@ fn http_request(upstream: UpstreamRequest) -> Request<Bytes> {
 }
 
 /// `text/event-stream` with the headers that stop proxies from buffering it.
-pub fn sse_headers(headers: &mut http::HeaderMap) {
+fn sse_headers(headers: &mut HeaderMap) {
     headers.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/event-stream"),

@@ -31,7 +31,7 @@ use std::sync::Arc;
 use http::Response;
 use tower::ServiceExt;
 
-pub use attempt::{AnswerHeaders, Served, final_error, sse_headers};
+pub use attempt::{AnswerHeaders, Served, final_error};
 
 use crate::body::Body;
 use crate::call::Call;

@@ -31,6 +31,7 @@ use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use super::stamp::put_line;
 use super::{Added, Cause, Failure};
 
 /// How long a connection may sit idle in the pool.
@@ -521,8 +522,8 @@ fn encode_head(parts: &http::request::Parts, body: &Bytes, added: Added<'_>) -> 
     head.push(b' ');
     head.extend_from_slice(path.as_bytes());
     head.extend_from_slice(b" HTTP/1.1\r\n");
-    if !(added.stamp.covers(&HOST) || !parts.headers.is_empty() && parts.headers.contains_key(HOST))
-    {
+    let has_host = added.stamp.covers(&HOST) || parts.headers.contains_key(HOST);
+    if !has_host {
         let authority = parts
             .uri
             .authority()
@@ -533,13 +534,9 @@ fn encode_head(parts: &http::request::Parts, body: &Bytes, added: Added<'_>) -> 
         head.extend_from_slice(b"\r\n");
     }
     for (name, value) in &parts.headers {
-        if added.replaces(name) {
-            continue;
+        if !added.replaces(name) {
+            put_line(&mut head, name, value);
         }
-        head.extend_from_slice(name.as_str().as_bytes());
-        head.extend_from_slice(b": ");
-        head.extend_from_slice(value.as_bytes());
-        head.extend_from_slice(b"\r\n");
     }
     added.put_lines(&mut head);
     let bodiless = matches!(parts.method, Method::GET | Method::HEAD | Method::DELETE);

@@ -23,8 +23,7 @@ pub struct Stamp {
     lines: Vec<u8>,
 }
 
-/// A provider with nothing to add (tests, and requests made before a
-/// provider exists).
+/// Nothing to add: for the floor benchmark's client and for tests.
 pub static NO_STAMP: Stamp = Stamp {
     pairs: Vec::new(),
     lines: Vec::new(),
@@ -53,10 +52,6 @@ impl Stamp {
     /// Whether the stamp sets `name` (and so wins over the request's own).
     pub fn covers(&self, name: &HeaderName) -> bool {
         self.pairs.iter().any(|(n, _)| n == name)
-    }
-
-    pub fn lines(&self) -> &[u8] {
-        &self.lines
     }
 }
 
@@ -142,7 +137,8 @@ fn hop_by_hop(name: &HeaderName) -> bool {
     name == CONTENT_LENGTH || name == TRANSFER_ENCODING || name == CONNECTION
 }
 
-fn put_line(head: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue) {
+/// `name: value` and a CRLF.
+pub(super) fn put_line(head: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue) {
     head.extend_from_slice(name.as_str().as_bytes());
     head.extend_from_slice(b": ");
     head.extend_from_slice(value.as_bytes());
