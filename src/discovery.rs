@@ -85,19 +85,14 @@ pub async fn fetch(provider: &Provider) -> Result<Vec<Arc<str>>, Failure> {
     };
     let timeout = provider.timeouts.first_byte.min(Duration::from_secs(10));
     let deadline = tokio::time::Instant::now() + timeout;
-    let response = tokio::time::timeout_at(
-        deadline,
-        provider
-            .transport
-            .send(provider.get(uri), provider.added(&[], None)),
-    )
-    .await
-    .map_err(|_| {
-        Failure::new(
-            crate::upstream::Cause::FirstByteTimeout,
-            "no answer in time",
-        )
-    })??;
+    let response = tokio::time::timeout_at(deadline, provider.get(uri))
+        .await
+        .map_err(|_| {
+            Failure::new(
+                crate::upstream::Cause::FirstByteTimeout,
+                "no answer in time",
+            )
+        })??;
     let (head, body) = response.into_parts();
     let body = crate::dispatch::attempt::read_body(body, 4 << 20, deadline).await?;
     if !head.status.is_success() {

@@ -3,13 +3,13 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{HeaderName, HeaderValue, Method, Request, Uri};
+use http::{HeaderName, HeaderValue, Method, Request, Response, Uri};
 
 use crate::adapter::Adapter;
 use crate::dispatch::health::HealthCheck;
 use crate::dispatch::limit::Limiter;
 use crate::secret::Secret;
-use crate::upstream::{Added, PoolKey, Stamp, Timeouts, Transport};
+use crate::upstream::{Added, Failure, PoolKey, Stamp, Timeouts, Transport, UpstreamBody};
 
 #[derive(Debug)]
 pub struct Provider {
@@ -38,25 +38,32 @@ pub struct Provider {
 }
 
 impl Provider {
-    /// A GET of `uri` (health checks, model lists); send it with
-    /// `self.added(&[], None)`, which carries the credential.
-    pub fn get(&self, uri: Uri) -> Request<Bytes> {
-        let mut request = Request::new(Bytes::new());
-        *request.method_mut() = Method::GET;
-        *request.uri_mut() = uri;
-        request
-    }
-
-    /// What goes with a request to this provider besides its own headers.
-    pub fn added<'a>(
+    /// Sends `request` to this backend with what goes beside its own
+    /// headers: the dialect's `fixed` ones, this provider's stamp
+    /// (configured headers, credential, user agent) and the request id.
+    pub fn send<'a>(
         &'a self,
+        request: Request<Bytes>,
         fixed: &'static [(HeaderName, HeaderValue)],
         request_id: Option<&'a HeaderValue>,
-    ) -> Added<'a> {
-        Added {
+    ) -> impl Future<Output = Result<Response<UpstreamBody>, Failure>> + 'a {
+        let added = Added {
             fixed,
             stamp: &self.stamp,
             request_id,
-        }
+        };
+        self.transport.send(request, added)
+    }
+
+    /// A GET of `uri`, sent with this provider's stamp (health checks,
+    /// model lists).
+    pub fn get(
+        &self,
+        uri: Uri,
+    ) -> impl Future<Output = Result<Response<UpstreamBody>, Failure>> + '_ {
+        let mut request = Request::new(Bytes::new());
+        *request.method_mut() = Method::GET;
+        *request.uri_mut() = uri;
+        self.send(request, &[], None)
     }
 }

@@ -66,7 +66,7 @@ pub async fn attempt(
         .request(call, model)
         .map_err(AttemptError::Refused)?;
     let stream = upstream.stream;
-    let added = provider.added(upstream.fixed, Some(&call.request_id));
+    let fixed = upstream.fixed;
     let request = http_request(upstream);
 
     let timeouts = provider.timeouts;
@@ -81,7 +81,7 @@ pub async fn attempt(
     };
     // Boxed: inline, the send (1.8 KB) made this future and every one that
     // holds it twice as large, and each is copied when it is boxed in turn.
-    let send = Box::pin(provider.transport.send(request, added));
+    let send = Box::pin(provider.send(request, fixed, Some(&call.request_id)));
     let response = match tokio::time::timeout_at(first_byte, send).await {
         Ok(Ok(response)) => response,
         Ok(Err(failure)) => {

@@ -325,12 +325,7 @@ async fn run_check(
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
-        let request = provider.get(check.url.clone());
-        let outcome = tokio::time::timeout(
-            check.timeout,
-            provider.transport.send(request, provider.added(&[], None)),
-        )
-        .await;
+        let outcome = tokio::time::timeout(check.timeout, provider.get(check.url.clone())).await;
         let passed = matches!(&outcome, Ok(Ok(r)) if r.status().is_success());
         if passed {
             let now = Instant::now();
