@@ -119,6 +119,30 @@ models:
 }
 
 #[test]
+fn check_refuses_provider_headers_the_gateway_sets() {
+    let dir = TempDir::new();
+    let path = write(
+        &dir,
+        r#"
+providers:
+  p:
+    type: openai
+    base_url: "http://127.0.0.1:1/v1"
+    headers: {x-tenant: search, content-length: "5", Connection: close, x-request-id: fixed}
+models:
+  m: {targets: [{provider: p}]}
+"#,
+    );
+    let (code, out, _) = switchyard(&["check", "--config", &path], &[]);
+    assert_eq!(code, 1, "{out}");
+    for name in ["content-length", "Connection", "x-request-id"] {
+        let expected = format!("headers.{name}: is set by the gateway and cannot be configured");
+        assert!(out.contains(&expected), "missing {expected:?} in:\n{out}");
+    }
+    assert!(!out.contains("x-tenant"), "{out}");
+}
+
+#[test]
 fn check_reads_the_config_path_from_the_environment() {
     let (code, out, _) = switchyard(
         &["check"],

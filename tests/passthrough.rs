@@ -105,7 +105,7 @@ async fn the_backend_gets_each_header_once_with_the_credential_winning() {
     let gw = Gateway::start(&format!(
         "auth: {{required: false}}\n\
          providers:\n  vllm:\n    type: openai\n    base_url: {}\n    api_key: sk-provider-key\n\
-         \x20   headers: {{x-tenant: search, authorization: Bearer configured, accept: application/x-custom, x-request-id: configured}}\n\
+         \x20   headers: {{x-tenant: search, authorization: Bearer configured, accept: application/x-custom}}\n\
          models:\n  chat-default:\n    targets: [{{provider: vllm, model: m}}]\n",
         mock.url("/v1")
     ));

@@ -461,6 +461,10 @@ fn provider(
             HeaderName::try_from(name.as_str()),
             HeaderValue::try_from(value.as_str()),
         ) {
+            (Ok(n), Ok(_)) if GATEWAY_HEADERS.contains(&n) => problems.push(Problem::new(
+                path.key("headers").key(name.as_str()),
+                "is set by the gateway and cannot be configured",
+            )),
             (Ok(n), Ok(v)) => {
                 headers.insert(n, v);
             }
@@ -575,6 +579,15 @@ fn provider(
         discover,
     })
 }
+
+/// Headers of a provider request that the gateway sets itself: the body's
+/// framing, the connection's, and the request id.
+const GATEWAY_HEADERS: [http::HeaderName; 4] = [
+    http::header::CONTENT_LENGTH,
+    http::header::TRANSFER_ENCODING,
+    http::header::CONNECTION,
+    crate::headers::X_REQUEST_ID,
+];
 
 fn limit_spec(raw: &raw::RateLimit, path: &Path, problems: &mut Vec<Problem>) -> LimitSpec {
     for (name, value) in [
