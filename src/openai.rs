@@ -423,6 +423,31 @@ pub fn first_top_level(text: &[u8], name: &[u8]) -> Option<Range<usize>> {
     found
 }
 
+/// The value of the key that starts at `text[at]` (where a substring search
+/// found `"name"`, `key_len` bytes, its first hit in `text`) when that key
+/// is a member of the JSON object `text` with only plain members before it:
+/// no brace, bracket or backslash between the object's brace and the key,
+/// so it is at the top level and its quote opens a string, and a colon
+/// after it, so that string is a key (a closing quote is never followed by
+/// a letter). The usual place of `model` in an answer, found without
+/// walking the members before it. `None` otherwise; the caller walks them.
+pub fn leading_member(text: &[u8], at: usize, key_len: usize) -> Option<Range<usize>> {
+    let open = skip_ws(text, 0);
+    if text.get(open) != Some(&b'{')
+        || at <= open
+        || memchr::memchr3(b'{', b'[', b'\\', &text[open + 1..at]).is_some()
+    {
+        return None;
+    }
+    let colon = skip_ws(text, at + key_len);
+    if text.get(colon) != Some(&b':') {
+        return None;
+    }
+    let start = skip_ws(text, colon + 1);
+    let end = skip_value(text, start)?;
+    matches!(text.get(skip_ws(text, end)), Some(b',' | b'}')).then_some(start..end)
+}
+
 /// The index of the closing brace that ends `text`, when only JSON
 /// whitespace follows it.
 pub fn final_brace(text: &[u8]) -> Option<usize> {
@@ -1019,6 +1044,60 @@ mod tests {
                 String::from_utf8_lossy(text)
             );
         }
+    }
+
+    #[test]
+    fn a_leading_member_is_where_the_walk_finds_it() {
+        fn find(text: &str) -> Option<&str> {
+            let at = text.find(r#""model""#)?;
+            leading_member(text.as_bytes(), at, 7).map(|span| &text[span])
+        }
+        assert_eq!(
+            find(r#"{"id":"x","model":"m","choices":[]}"#),
+            Some(r#""m""#)
+        );
+        assert_eq!(find(" { \"model\" :\t\"m\" } "), Some(r#""m""#));
+        assert_eq!(find(r#"{"created":1,"model":null}"#), Some("null"));
+        for declined in [
+            // Something opens before it: the walk decides.
+            r#"{"choices":[],"model":"m"}"#,
+            r#"{"x":{"model":"inner"},"model":"m"}"#,
+            // An escape before it could hide a quote.
+            r#"{"a":"say \"hi\"","model":"m"}"#,
+            // A value, not a key.
+            r#"{"object":"model","model":"m"}"#,
+            r#"{"model":"m"x}"#,
+            r#"{"model":"#,
+            r#"["model"]"#,
+        ] {
+            assert_eq!(find(declined), None, "{declined}");
+        }
+        // Wherever it answers, the walk finds the same value.
+        let mut rng = fastrand::Rng::with_seed(0x1405_7b7e_f767_814f);
+        let members = [
+            r#""id":"chatcmpl-1""#,
+            r#""object":"model""#,
+            r#""created":1760000000"#,
+            r#""a\\":"\"model\": 1""#,
+            r#""x":{"model":"inner"}"#,
+            r#""choices":[{"delta":{"content":"\"model\""}}]"#,
+            r#""model":"m""#,
+            r#""model" : "n""#,
+        ];
+        let mut answered = 0;
+        for _ in 0..20_000 {
+            let count = rng.usize(1..6);
+            let picked: Vec<&str> = (0..count)
+                .map(|_| members[rng.usize(..members.len())])
+                .collect();
+            let text = format!("{{{}}}", picked.join(","));
+            if let Some(value) = find(&text) {
+                answered += 1;
+                let walked = first_top_level(text.as_bytes(), b"model").map(|span| &text[span]);
+                assert_eq!(Some(value), walked, "{text}");
+            }
+        }
+        assert!(answered > 2_000, "{answered} answered");
     }
 
     #[test]

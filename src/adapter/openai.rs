@@ -18,8 +18,8 @@ use crate::config::{Path, Problem, raw};
 use crate::error::Error;
 
 use crate::openai::{
-    Endpoint, SSE_DONE, Usage, closing_member, final_brace, first_top_level, json_string, span_of,
-    splice, top_level_spans, trim_ws_start,
+    Endpoint, SSE_DONE, Usage, closing_member, final_brace, first_top_level, json_string,
+    leading_member, span_of, splice, top_level_spans, trim_ws_start,
 };
 use crate::stream::sse::Event;
 use crate::stream::{Decoder, Framed, Handler};
@@ -292,13 +292,21 @@ static KEYS: LazyLock<Keys> = LazyLock::new(|| Keys {
     error: memmem::Finder::new(b"\"error\""),
 });
 
+/// The value of the first top-level `model` in an answer: where the first
+/// substring hit says it is when only plain members come before it (the
+/// usual order), else by walking the members up to it.
+fn early_model(json: &[u8]) -> Option<Range<usize>> {
+    let at = KEYS.model.find(json)?;
+    leading_member(json, at, KEYS.model.needle().len()).or_else(|| first_top_level(json, b"model"))
+}
+
 /// Where `model` is in the usual whole response, and its usage: one
-/// `model`, found by walking the members up to it, and `usage`, if any, a
+/// `model`, found by [`early_model`], and `usage`, if any, a
 /// plain object that closes the response, found by a substring search and
 /// read (which checks it is one object, so the member closing the
 /// response). `None` leaves the response to the full scan.
 fn response_spans(body: &[u8]) -> Option<(Range<usize>, Option<Usage>)> {
-    let model = first_top_level(body, b"model")?;
+    let model = early_model(body)?;
     if KEYS.model.find(&body[model.end..]).is_some() {
         return None;
     }
@@ -485,7 +493,7 @@ fn lone_model(event: &[u8]) -> Option<Range<usize>> {
     {
         return None;
     }
-    let model = first_top_level(event, b"model")?;
+    let model = early_model(event)?;
     let rest = &event[model.end..];
     (matches!(trim_ws_start(rest).first(), Some(b',' | b'}')) && KEYS.model.find(rest).is_none())
         .then_some(model)
