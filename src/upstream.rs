@@ -7,12 +7,15 @@ pub mod stamp;
 pub mod websocket;
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::FutureExt;
+use futures_util::future::Either;
 use http::{Request, Response, StatusCode};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::Full;
@@ -36,29 +39,37 @@ pub struct HttpClient {
 }
 
 impl HttpClient {
-    async fn send(
-        &self,
+    /// Picks the client before any future is made: a plain request's
+    /// future is the in-task client's alone.
+    fn send<'a>(
+        &'a self,
         mut request: Request<Bytes>,
         added: Added<'_>,
-    ) -> Result<Response<UpstreamBody>, Failure> {
+    ) -> impl Future<Output = Result<Response<UpstreamBody>, Failure>> + Send + 'a {
         if request.uri().scheme() == Some(&http::uri::Scheme::HTTP) {
-            let response = self.plain.send(request, added).await?;
-            return Ok(response.map(UpstreamBody::Plain));
+            // Mapped, not awaited in an async block, which would hold the
+            // future twice (before it starts and while it runs).
+            let plain = self.plain.send(request, added);
+            return Either::Left(
+                plain.map(|r| r.map(|response| response.map(UpstreamBody::Plain))),
+            );
         }
         added.apply(request.headers_mut());
-        // Boxed: the pooled client's future is large and would make every
-        // request's future (plain ones included) as large.
-        match Box::pin(self.tls.request(request.map(Full::new))).await {
-            Ok(response) => Ok(response.map(UpstreamBody::Http)),
-            Err(e) if e.is_connect() => Err(Failure::new(
-                Cause::Connect,
-                format!("cannot connect: {}", error_chain(&e)),
-            )),
-            Err(e) => Err(Failure::new(
-                Cause::Connect,
-                format!("connection failed: {}", error_chain(&e)),
-            )),
-        }
+        // The pooled client's future is boxed by the client itself.
+        let tls = self.tls.request(request.map(Full::new));
+        Either::Right(async move {
+            match tls.await {
+                Ok(response) => Ok(response.map(UpstreamBody::Http)),
+                Err(e) if e.is_connect() => Err(Failure::new(
+                    Cause::Connect,
+                    format!("cannot connect: {}", error_chain(&e)),
+                )),
+                Err(e) => Err(Failure::new(
+                    Cause::Connect,
+                    format!("connection failed: {}", error_chain(&e)),
+                )),
+            }
+        })
     }
 }
 
@@ -97,20 +108,26 @@ impl Transport {
     /// Sends one request (its whole body at hand) and waits for the response head.
     /// `added` goes with it: written into the head by the plain-HTTP
     /// client, put into the header map by the others.
-    pub async fn send(
-        &self,
+    /// The transport is picked before any future is made: each one's
+    /// future is its own, not one holding every transport's.
+    pub fn send<'a>(
+        &'a self,
         mut request: Request<Bytes>,
         added: Added<'_>,
-    ) -> Result<Response<UpstreamBody>, Failure> {
+    ) -> impl Future<Output = Result<Response<UpstreamBody>, Failure>> + Send + 'a {
+        type Boxed<'a> =
+            Pin<Box<dyn Future<Output = Result<Response<UpstreamBody>, Failure>> + Send + 'a>>;
         match self {
-            Transport::Http(client) => client.send(request, added).await,
+            Transport::Http(client) => Either::Left(client.send(request, added)),
             Transport::Demo(backend) => {
                 added.apply(request.headers_mut());
-                Ok(Box::pin(backend.handle(request)).await)
+                let answer: Boxed<'a> = Box::pin(async move { Ok(backend.handle(request).await) });
+                Either::Right(answer)
             }
             Transport::WebSocket(ws) => {
                 added.apply(request.headers_mut());
-                Box::pin(ws.send(request)).await
+                let answer: Boxed<'a> = Box::pin(ws.send(request));
+                Either::Right(answer)
             }
         }
     }

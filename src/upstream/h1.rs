@@ -93,17 +93,32 @@ impl Pool {
     /// closed it while idle) is sent once more, on a new connection; the
     /// other idle connections to that backend are closed with it, since a
     /// backend that restarted left them all dead.
-    pub async fn send(
-        self: &Arc<Self>,
+    ///
+    /// The head is written before the future is made, which then holds only
+    /// what the exchange needs, not the request it was written from.
+    pub fn send<'a>(
+        self: &'a Arc<Self>,
         request: Request<Bytes>,
         added: Added<'_>,
-    ) -> Result<Response<Body>, Failure> {
+    ) -> impl Future<Output = Result<Response<Body>, Failure>> + Send + 'a {
         let (parts, body) = request.into_parts();
+        let head = encode_head(&parts, &body, added);
         let authority = parts
             .uri
-            .authority()
-            .ok_or_else(|| Failure::new(Cause::Connect, "the backend URL has no host"))?;
-        let head = encode_head(&parts, &body, added);
+            .into_parts()
+            .authority
+            .ok_or_else(|| Failure::new(Cause::Connect, "the backend URL has no host"));
+        self.exchange(authority, head, body, parts.method == Method::HEAD)
+    }
+
+    async fn exchange(
+        self: &Arc<Self>,
+        authority: Result<Authority, Failure>,
+        head: Vec<u8>,
+        body: Bytes,
+        head_request: bool,
+    ) -> Result<Response<Body>, Failure> {
+        let authority = &authority?;
         let mut pooled = true;
         loop {
             let conn = match pooled.then(|| self.checkout(authority)).flatten() {
@@ -113,7 +128,7 @@ impl Pool {
                     Box::pin(self.connect(authority)).await?
                 }
             };
-            match exchange(conn, &head, &body, parts.method == Method::HEAD).await {
+            match exchange(conn, &head, &body, head_request).await {
                 Ok((answer, conn)) => {
                     let mut body = Body {
                         conn: Some(conn),
