@@ -2,12 +2,12 @@
 //! (a client's request, a backend's answer) into one buffer.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use http_body::{Body as HttpBody, Frame, SizeHint};
-use http_body_util::BodyExt;
 
 use crate::stream::{Relay, StreamOutcome};
 
@@ -79,38 +79,64 @@ pub enum WholeError<E> {
 /// body that comes in one data frame (the usual request or answer) is that
 /// frame itself: no copy and, unlike `http_body_util`'s collect, no list of
 /// chunks to allocate.
-pub async fn whole<B>(body: B, limit: usize) -> Result<Bytes, WholeError<B::Error>>
+pub fn whole<B>(body: B, limit: usize) -> Whole<B>
 where
-    B: HttpBody<Data = Bytes>,
+    B: HttpBody<Data = Bytes> + Unpin,
 {
-    if body.size_hint().lower() > limit as u64 {
-        return Err(WholeError::TooLarge);
+    Whole {
+        body,
+        limit,
+        len: 0,
+        first: Bytes::new(),
+        joined: None,
     }
-    let mut body = std::pin::pin!(body);
-    let mut first = Bytes::new();
-    let mut joined: Option<BytesMut> = None;
-    let mut len = 0usize;
-    while let Some(frame) = body.frame().await {
-        let Ok(data) = frame.map_err(WholeError::Body)?.into_data() else {
-            continue;
-        };
-        len += data.len();
-        if len > limit {
-            return Err(WholeError::TooLarge);
+}
+
+/// The future of [`whole`]: written out rather than an `async fn`, whose
+/// state would hold the body three times (argument, binding, pinned copy).
+pub struct Whole<B> {
+    body: B,
+    limit: usize,
+    len: usize,
+    first: Bytes,
+    joined: Option<BytesMut>,
+}
+
+impl<B> Future for Whole<B>
+where
+    B: HttpBody<Data = Bytes> + Unpin,
+{
+    type Output = Result<Bytes, WholeError<B::Error>>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        if this.len == 0 && this.body.size_hint().lower() > this.limit as u64 {
+            return Poll::Ready(Err(WholeError::TooLarge));
         }
-        if let Some(joined) = &mut joined {
-            joined.put(data);
-        } else if first.is_empty() {
-            first = data;
-        } else if !data.is_empty() {
-            let expected = (len as u64 + body.size_hint().lower()).min(limit as u64);
-            let mut buf = BytesMut::with_capacity(expected as usize);
-            buf.put(std::mem::take(&mut first));
-            buf.put(data);
-            joined = Some(buf);
+        while let Some(frame) = std::task::ready!(Pin::new(&mut this.body).poll_frame(cx)) {
+            let Ok(data) = frame.map_err(WholeError::Body)?.into_data() else {
+                continue;
+            };
+            this.len += data.len();
+            if this.len > this.limit {
+                return Poll::Ready(Err(WholeError::TooLarge));
+            }
+            if let Some(joined) = &mut this.joined {
+                joined.put(data);
+            } else if this.first.is_empty() {
+                this.first = data;
+            } else if !data.is_empty() {
+                let expected =
+                    (this.len as u64 + this.body.size_hint().lower()).min(this.limit as u64);
+                let mut buf = BytesMut::with_capacity(expected as usize);
+                buf.put(std::mem::take(&mut this.first));
+                buf.put(data);
+                this.joined = Some(buf);
+            }
         }
+        let first = std::mem::take(&mut this.first);
+        Poll::Ready(Ok(this.joined.take().map_or(first, BytesMut::freeze)))
     }
-    Ok(joined.map_or(first, BytesMut::freeze))
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+use futures_util::FutureExt;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use tokio::sync::OwnedSemaphorePermit;
@@ -23,7 +24,7 @@ use crate::provider::Provider;
 use crate::route::Target;
 use crate::stream::Relay;
 use crate::stream::chunks::{Shape, render_completion, render_embeddings, synthesize};
-use crate::upstream::{Cause, Failure, UpstreamBody, error_chain};
+use crate::upstream::{BoxError, Cause, Failure, UpstreamBody, error_chain};
 
 /// Which target answered; handed back through the call's outcome.
 #[derive(Debug, Clone)]
@@ -79,9 +80,8 @@ pub async fn attempt(
             .with_label_values(&[&provider.id, label])
             .observe(sent.elapsed().as_secs_f64());
     };
-    // Boxed: inline, the send (1.8 KB) made this future and every one that
-    // holds it twice as large, and each is copied when it is boxed in turn.
-    let send = Box::pin(provider.send(request, fixed, Some(&call.request_id)));
+    // Inline: the send (0.7 KB) fits in the room reading a body takes.
+    let send = provider.send(request, fixed, Some(&call.request_id));
     let response = match tokio::time::timeout_at(first_byte, send).await {
         Ok(Ok(response)) => response,
         Ok(Err(failure)) => {
@@ -253,12 +253,22 @@ fn sse_headers(headers: &mut HeaderMap) {
 }
 
 /// Reads a whole backend body, at most `limit` bytes, before `deadline`.
-pub(crate) async fn read_body(
+/// (A plain function: an `async fn` would hold the body twice.)
+pub(crate) fn read_body(
     body: UpstreamBody,
     limit: usize,
     deadline: Instant,
+) -> impl Future<Output = Result<Bytes, Failure>> {
+    tokio::time::timeout_at(deadline, crate::body::whole(body, limit))
+        .map(move |read| body_read(read, limit))
+}
+
+/// What reading a backend's body came to.
+fn body_read(
+    read: Result<Result<Bytes, WholeError<BoxError>>, tokio::time::error::Elapsed>,
+    limit: usize,
 ) -> Result<Bytes, Failure> {
-    match tokio::time::timeout_at(deadline, crate::body::whole(body, limit)).await {
+    match read {
         Ok(Ok(bytes)) => Ok(bytes),
         Ok(Err(WholeError::TooLarge)) => Err(Failure::protocol(format!(
             "the response is larger than {limit} bytes"
