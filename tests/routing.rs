@@ -97,9 +97,15 @@ async fn weighted_targets_share_the_traffic() {
     }
     let (h, l) = (heavy.hits(), light.hits());
     assert_eq!(h + l, n);
-    // 3:1 on 400 draws: the heavy share is 300 ± 9 sd; both must be used.
-    assert!((240..=360).contains(&h), "heavy got {h} of {n}");
-    assert!(l >= 40, "light got {l} of {n}");
+    // 3:1 by weight (the draw itself is held to the weights by a unit test
+    // in dispatch::balance). The balancer also prefers a target faster by a
+    // fifth and a millisecond, which a stall of one mock on a busy machine
+    // can make either for a while: even if one were faster for all 400
+    // requests, heavy would get 225 to 375 on average (± 10), light 25 or
+    // more: the bounds below hold whichever is faster, and fail when a
+    // target is left out or the weights are ignored in favour of order.
+    assert!((180..=390).contains(&h), "heavy got {h} of {n}");
+    assert!(l >= 8, "light got {l} of {n}");
     assert!(heavy.requests().iter().all(|r| r.json()["model"] == "a"));
     assert!(light.requests().iter().all(|r| r.json()["model"] == "b"));
 }

@@ -61,8 +61,9 @@ pub fn choose(targets: &[Target], tried: &[usize], now: Instant) -> Choice {
         rotation.retain(|(i, _)| !tried.contains(i));
     }
     while !rotation.is_empty() {
-        let a = draw(targets, &rotation);
-        let b = draw(targets, &rotation);
+        let weight = |i: usize| targets[i].weight;
+        let a = draw(&rotation, weight);
+        let b = draw(&rotation, weight);
         let pick = if a != b && clearly_faster(&targets[rotation[b].0], &targets[rotation[a].0]) {
             b
         } else {
@@ -99,15 +100,13 @@ fn clearly_faster(b: &Target, a: &Target) -> bool {
     ca - cb > (ca * 0.2).max(1e6)
 }
 
-/// A position in `rotation`, drawn in proportion to the targets' weights.
-fn draw(targets: &[Target], rotation: &[(usize, Availability)]) -> usize {
-    let total: u64 = rotation
-        .iter()
-        .map(|(i, _)| u64::from(targets[*i].weight))
-        .sum();
+/// A position in `rotation`, drawn in proportion to the weights of the
+/// targets there.
+fn draw(rotation: &[(usize, Availability)], weight: impl Fn(usize) -> u32) -> usize {
+    let total: u64 = rotation.iter().map(|(i, _)| u64::from(weight(*i))).sum();
     let mut r = fastrand::u64(0..total.max(1));
     for (pos, (i, _)) in rotation.iter().enumerate() {
-        let w = u64::from(targets[*i].weight);
+        let w = u64::from(weight(*i));
         if r < w {
             return pos;
         }
@@ -253,4 +252,28 @@ async fn try_target(
     };
     drop(probe);
     outcome
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn draws_follow_the_weights() {
+        fastrand::seed(7);
+        let weights = [3, 0, 1, 4];
+        // Target 1 is out of rotation (the caller leaves out weight 0).
+        let rotation = [0, 2, 3].map(|i| (i, Availability::Healthy));
+        let mut drawn = [0u32; 3];
+        let n = 80_000;
+        for _ in 0..n {
+            drawn[draw(&rotation, |i| weights[i])] += 1;
+        }
+        // Shares 3/8, 1/8, 4/8; a standard deviation is under 150 draws.
+        for (pos, share) in [(0, 3.0 / 8.0), (1, 1.0 / 8.0), (2, 4.0 / 8.0)] {
+            let expected = share * f64::from(n);
+            let got = f64::from(drawn[pos]);
+            assert!((got - expected).abs() < 1_000.0, "{drawn:?}");
+        }
+    }
 }
