@@ -20,7 +20,7 @@ use crate::provider::Provider;
 use crate::registry::{Settings, Shared, Snapshot};
 use crate::route::{self, Alias, Aliases, Target};
 use crate::secret::Secret;
-use crate::upstream::{ExtraRoots, PoolKey, Stamp, Timeouts, Transport};
+use crate::upstream::{ExtraRoots, PoolKey, Stamp, Timeouts, Transport, stamp};
 
 pub fn compile(raw: raw::Config, shared: &Shared) -> Result<Snapshot, Vec<Problem>> {
     let mut problems = Vec::new();
@@ -461,7 +461,7 @@ fn provider(
             HeaderName::try_from(name.as_str()),
             HeaderValue::try_from(value.as_str()),
         ) {
-            (Ok(n), Ok(_)) if GATEWAY_HEADERS.contains(&n) => problems.push(Problem::new(
+            (Ok(n), Ok(_)) if stamp::set_by_gateway(&n) => problems.push(Problem::new(
                 path.key("headers").key(name.as_str()),
                 "is set by the gateway and cannot be configured",
             )),
@@ -579,15 +579,6 @@ fn provider(
         discover,
     })
 }
-
-/// Headers of a provider request that the gateway sets itself: the body's
-/// framing, the connection's, and the request id.
-const GATEWAY_HEADERS: [http::HeaderName; 4] = [
-    http::header::CONTENT_LENGTH,
-    http::header::TRANSFER_ENCODING,
-    http::header::CONNECTION,
-    crate::headers::X_REQUEST_ID,
-];
 
 fn limit_spec(raw: &raw::RateLimit, path: &Path, problems: &mut Vec<Problem>) -> LimitSpec {
     for (name, value) in [
