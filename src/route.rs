@@ -20,8 +20,6 @@ pub struct Target {
     /// The backend's model name; `None` means "what the client asked for"
     /// (for a wildcard, the part the `*` matched).
     pub model: Option<Arc<str>>,
-    /// `model` as the value of `x-switchyard-model`, made once.
-    pub model_header: Option<http::HeaderValue>,
     /// The headers of this target's answers, made once.
     pub answer: AnswerHeaders,
     pub weight: u32,

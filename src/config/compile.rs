@@ -63,14 +63,10 @@ pub fn compile(raw: raw::Config, shared: &Shared) -> Result<Snapshot, Vec<Proble
                 Some(p) => {
                     let model: Option<Arc<str>> = t.model.as_deref().map(Arc::from);
                     let label = model.clone().unwrap_or_else(|| alias_name.clone());
-                    let model_header = model
-                        .as_deref()
-                        .and_then(|m| http::HeaderValue::try_from(m).ok());
                     targets.push(Target {
                         provider: Arc::clone(p),
                         state: shared.health.target(&p.id, &label, metrics),
-                        answer: AnswerHeaders::new(p.id_header.as_ref(), model_header.as_ref()),
-                        model_header,
+                        answer: AnswerHeaders::new(p.id_header.as_ref(), model.as_deref()),
                         model,
                         weight: t.weight,
                     })

@@ -145,14 +145,7 @@ pub async fn attempt(
         render(call, &target.answer, converted)
     };
 
-    // The model is the client's (a wildcard): its header is made now.
-    if target.model_header.is_none() {
-        let headers = response.headers_mut();
-        match HeaderValue::try_from(&**model) {
-            Ok(v) => headers.insert(X_SWITCHYARD_MODEL, v),
-            Err(_) => headers.remove(X_SWITCHYARD_MODEL),
-        };
-    }
+    target.answer.put_model(response.headers_mut(), model);
     call.outcome().served = Some(Served {
         provider: provider.id.clone(),
         model: model.clone(),
@@ -206,11 +199,17 @@ fn render(
 pub struct AnswerHeaders {
     pub json: HeaderMap,
     pub stream: HeaderMap,
+    /// `x-switchyard-model` is the target's own, made here; otherwise it is
+    /// made per answer ([`AnswerHeaders::put_model`]).
+    model_made: bool,
 }
 
 impl AnswerHeaders {
-    pub fn new(provider: Option<&HeaderValue>, model: Option<&HeaderValue>) -> AnswerHeaders {
+    /// `model` is the target's backend model; `None` for a wildcard's.
+    pub fn new(provider: Option<&HeaderValue>, model: Option<&str>) -> AnswerHeaders {
         const STAND_IN: HeaderValue = HeaderValue::from_static("-");
+        let model = model.and_then(|m| HeaderValue::try_from(m).ok());
+        let model = model.as_ref();
         let common = |headers: &mut HeaderMap| {
             if let Some(v) = provider {
                 headers.insert(X_SWITCHYARD_PROVIDER, v.clone());
@@ -227,7 +226,24 @@ impl AnswerHeaders {
         let mut stream = HeaderMap::new();
         sse_headers(&mut stream);
         common(&mut stream);
-        AnswerHeaders { json, stream }
+        AnswerHeaders {
+            json,
+            stream,
+            model_made: model.is_some(),
+        }
+    }
+
+    /// Replaces the stand-in model header of an answer with `model`, the
+    /// one sent (a wildcard's is the client's), or leaves it out when that
+    /// name cannot be a header value.
+    pub fn put_model(&self, headers: &mut HeaderMap, model: &str) {
+        if self.model_made {
+            return;
+        }
+        match HeaderValue::try_from(model) {
+            Ok(v) => headers.insert(X_SWITCHYARD_MODEL, v),
+            Err(_) => headers.remove(X_SWITCHYARD_MODEL),
+        };
     }
 }
 
