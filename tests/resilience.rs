@@ -398,26 +398,32 @@ async fn a_stalled_stream_ends_with_an_error_event() {
         .unwrap();
 }
 
-#[tokio::test]
-async fn a_stream_that_keeps_talking_outlives_its_idle_timeout() {
-    // Chunks 60 ms apart for about twice `stream_idle`: no gap is as long
-    // as the limit, so the stream must end normally, not be cut when the
-    // first idle deadline passes.
-    let mock = Mock::start(|_| {
+/// A backend streaming `chunks` contents `t0 `, `t1 `, … one `every` apart,
+/// then a finished chunk and `[DONE]`.
+async fn ticking(chunks: usize, every: Duration) -> Mock {
+    Mock::start(move |_| {
         let mut steps = Vec::new();
-        for n in 0..8 {
+        for n in 0..chunks {
             steps.push(event(&chunk(
                 "m",
                 json!({"content": format!("t{n} ")}),
                 None,
             )));
-            steps.push(Step::Sleep(Duration::from_millis(60)));
+            steps.push(Step::Sleep(every));
         }
         steps.push(event(&chunk("m", json!({}), Some("stop"))));
         steps.push(done());
         Plan::sse(steps)
     })
-    .await;
+    .await
+}
+
+#[tokio::test]
+async fn a_stream_that_keeps_talking_outlives_its_idle_timeout() {
+    // Chunks 60 ms apart for about twice `stream_idle`: no gap is as long
+    // as the limit, so the stream must end normally, not be cut when the
+    // first idle deadline passes.
+    let mock = ticking(8, Duration::from_millis(60)).await;
     let config = format!(
         "{OPEN}providers:\n  a: {{type: openai, base_url: \"{}\", timeouts: {{stream_idle: 250ms}}}}\nmodels: {{m: {{targets: [{{provider: a}}]}}}}\n",
         mock.url("/v1")
@@ -434,6 +440,34 @@ async fn a_stream_that_keeps_talking_outlives_its_idle_timeout() {
         "t0 t1 t2 t3 t4 t5 t6 t7 "
     );
     assert!(!reply.text().contains("silent"), "{}", reply.text());
+}
+
+#[tokio::test]
+async fn a_stream_that_talks_past_the_total_timeout_is_cut() {
+    // Chunks 40 ms apart for about 1.6 s: never idle for `stream_idle`, but
+    // longer than `total`, so the stream ends with a timeout event when
+    // the request's deadline passes and the backend is hung up on.
+    let mock = ticking(40, Duration::from_millis(40)).await;
+    let config = format!(
+        "{OPEN}providers:\n  a: {{type: openai, base_url: \"{}\", timeouts: {{stream_idle: 150ms, total: 400ms}}}}\nmodels: {{m: {{targets: [{{provider: a}}]}}}}\n",
+        mock.url("/v1")
+    );
+    let gw = Gateway::start(&config);
+    let mut cut = mock.cut_watch();
+    let reply = post(&gw, "m", true).await;
+    let events = reply.events();
+    let content = streamed_content(&reply.chunks());
+    assert!(content.starts_with("t0 t1 "), "{content}");
+    assert!(!content.contains("t39"), "the stream was cut: {content}");
+    let error: serde_json::Value = serde_json::from_str(&events[events.len() - 2]).unwrap();
+    assert_eq!(error["error"]["code"], "upstream_timeout");
+    let message = error["error"]["message"].as_str().unwrap();
+    assert!(message.contains("total timeout"), "{message}");
+    assert_eq!(events.last().unwrap(), "[DONE]");
+    tokio::time::timeout(Duration::from_secs(1), cut.wait_for(|n| *n >= 1))
+        .await
+        .expect("the backend is hung up on")
+        .unwrap();
 }
 
 #[tokio::test]

@@ -16,7 +16,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -145,11 +145,18 @@ pub struct Relay {
     error: Option<String>,
     first_content: Option<Instant>,
     idle: Duration,
-    /// When the backend last sent data. The idle timer is not moved for
-    /// every chunk: when it fires, it is set again from this.
+    /// When the backend last sent data. The timer is not moved for every
+    /// chunk: when it fires, it is set again from this.
     last_data: Instant,
-    idle_timer: Pin<Box<Sleep>>,
-    deadline: Pin<Box<Sleep>>,
+    /// The request's total deadline.
+    deadline: Instant,
+    /// One timer for both limits: due at the earlier of `deadline` and
+    /// `last_data + idle` as they stood when it was last set.
+    timer: Pin<Box<Sleep>>,
+    /// The waker the timer holds, once it has been polled: while the relay
+    /// is polled with the same one, the timer need not be polled again
+    /// until it has fired.
+    timer_waker: Option<Waker>,
     /// Held until the stream ends: concurrency permits and the like.
     hold: Vec<Box<dyn Send + Sync>>,
 }
@@ -175,8 +182,9 @@ impl Relay {
             first_content: None,
             idle,
             last_data: now,
-            idle_timer: Box::pin(tokio::time::sleep_until(now + idle)),
-            deadline: Box::pin(tokio::time::sleep_until(deadline)),
+            deadline,
+            timer: Box::pin(tokio::time::sleep_until(deadline.min(now + idle))),
+            timer_waker: None,
             hold: Vec::new(),
         }
     }
@@ -235,39 +243,49 @@ impl Relay {
                         Err(failure) => self.fail(failure),
                     }
                 }
-                Poll::Pending => {
-                    if self.deadline.as_mut().poll(cx).is_ready() {
-                        self.fail(Failure::new(
-                            Cause::TotalTimeout,
-                            "the request took longer than the total timeout",
-                        ));
-                    } else if self.silent(cx) {
-                        let idle = humantime::format_duration(self.idle);
-                        self.fail(Failure::new(
-                            Cause::IdleTimeout,
-                            format!("the stream was silent for {idle}"),
-                        ));
-                    } else {
-                        return Poll::Pending;
-                    }
-                }
+                Poll::Pending => match self.timed_out(cx) {
+                    Some(failure) => self.fail(failure),
+                    None => return Poll::Pending,
+                },
             }
         }
         Poll::Ready(())
     }
 
-    /// Whether the backend has sent nothing for `idle`. The timer fires at
-    /// most once per `idle` while data flows, and is then set again from
-    /// the last data, so a chunk costs no timer update.
-    fn silent(&mut self, cx: &mut Context<'_>) -> bool {
-        while self.idle_timer.as_mut().poll(cx).is_ready() {
-            let due = self.last_data + self.idle;
-            if due <= self.idle_timer.deadline() {
-                return true;
-            }
-            self.idle_timer.as_mut().reset(due);
+    /// Whether the total deadline has passed or the backend has sent
+    /// nothing for `idle`. The timer fires at most once per `idle` while
+    /// data flows, and is then set again from the last data, so a chunk
+    /// costs no timer update; while the waker it holds is the one this poll
+    /// brings, it is only asked whether it has fired.
+    fn timed_out(&mut self, cx: &mut Context<'_>) -> Option<Failure> {
+        if !self.timer.is_elapsed()
+            && self
+                .timer_waker
+                .as_ref()
+                .is_some_and(|waker| waker.will_wake(cx.waker()))
+        {
+            return None;
         }
-        false
+        while self.timer.as_mut().poll(cx).is_ready() {
+            let fired = self.timer.deadline();
+            if fired >= self.deadline {
+                return Some(Failure::new(
+                    Cause::TotalTimeout,
+                    "the request took longer than the total timeout",
+                ));
+            }
+            let due = self.last_data + self.idle;
+            if due <= fired {
+                let idle = humantime::format_duration(self.idle);
+                return Some(Failure::new(
+                    Cause::IdleTimeout,
+                    format!("the stream was silent for {idle}"),
+                ));
+            }
+            self.timer.as_mut().reset(due.min(self.deadline));
+        }
+        self.timer_waker = Some(cx.waker().clone());
+        None
     }
 
     fn fail(&mut self, failure: Failure) {
