@@ -15,12 +15,13 @@ pub mod sse;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http_body::{Body as HttpBody, Frame};
+use memchr::memmem;
 use tokio::time::{Instant, Sleep};
 
 use crate::error::Kind;
@@ -320,19 +321,28 @@ impl Relay {
 /// Whether OpenAI chunks carry content: a non-empty `content`, `text` or
 /// `refusal` string, or a tool call (a role chunk with `"content":""` does not).
 pub fn has_content(sse: &[u8]) -> bool {
-    if memchr::memmem::find(sse, b"\"tool_calls\"").is_some() {
+    // Built once: a searcher's set-up costs more than a chunk's search.
+    static KEYS: LazyLock<[memmem::Finder<'static>; 4]> = LazyLock::new(|| {
+        [
+            b"\"tool_calls\"",
+            &b"\"content\""[..],
+            b"\"text\"",
+            b"\"refusal\"",
+        ]
+        .map(memmem::Finder::new)
+    });
+    let [tool_calls, strings @ ..] = &*KEYS;
+    if tool_calls.find(sse).is_some() {
         return true;
     }
-    [&b"\"content\""[..], b"\"text\"", b"\"refusal\""]
-        .iter()
-        .any(|field| {
-            memchr::memmem::find_iter(sse, field).any(|at| {
-                let rest = &sse[at + field.len()..];
-                let rest = rest.trim_ascii_start().strip_prefix(b":").unwrap_or(b"");
-                let rest = rest.trim_ascii_start();
-                rest.first() == Some(&b'"') && rest.get(1).is_some_and(|&b| b != b'"')
-            })
+    strings.iter().any(|field| {
+        field.find_iter(sse).any(|at| {
+            let rest = &sse[at + field.needle().len()..];
+            let rest = rest.trim_ascii_start().strip_prefix(b":").unwrap_or(b"");
+            let rest = rest.trim_ascii_start();
+            rest.first() == Some(&b'"') && rest.get(1).is_some_and(|&b| b != b'"')
         })
+    })
 }
 
 impl HttpBody for Relay {
