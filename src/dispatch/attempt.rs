@@ -217,13 +217,17 @@ impl AnswerHeaders {
             headers.insert(X_SWITCHYARD_MODEL, model.unwrap_or(&STAND_IN).clone());
             headers.insert(X_REQUEST_ID, STAND_IN);
         };
-        let mut json = HeaderMap::new();
+        // Room to spare: a full map grows even to replace a header, and
+        // every answer has its `x-request-id` replaced (and may gain
+        // `x-switchyard-attempts`); a clone keeps the room.
+        const ROOM: usize = 12;
+        let mut json = HeaderMap::with_capacity(ROOM);
         json.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
         common(&mut json);
-        let mut stream = HeaderMap::new();
+        let mut stream = HeaderMap::with_capacity(ROOM);
         sse_headers(&mut stream);
         common(&mut stream);
         AnswerHeaders {
@@ -333,5 +337,32 @@ pub fn final_error(provider: &Provider, mut f: Failure) -> Error {
             Kind::Overloaded,
             format!("provider {provider} {}", f.message),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::headers::X_SWITCHYARD_ATTEMPTS;
+
+    /// What the gateway puts into every answer fits in the room a target's
+    /// headers were made with: no answer makes its map grow.
+    #[test]
+    fn an_answer_finishes_its_headers_without_growing_them() {
+        let provider = HeaderValue::from_static("p");
+        for answer in [
+            AnswerHeaders::new(Some(&provider), Some("m")),
+            AnswerHeaders::new(Some(&provider), None),
+        ] {
+            for made in [&answer.json, &answer.stream] {
+                let mut headers = made.clone();
+                let room = headers.capacity();
+                answer.put_model(&mut headers, "wild/card");
+                headers.insert(X_SWITCHYARD_ATTEMPTS, HeaderValue::from_static("3"));
+                headers.insert(X_REQUEST_ID, HeaderValue::from_static("req-1"));
+                assert_eq!(headers.capacity(), room, "{headers:?}");
+                assert_eq!(headers[X_REQUEST_ID], "req-1");
+            }
+        }
     }
 }
