@@ -48,6 +48,11 @@ impl Lines {
         Lines::default()
     }
 
+    /// No line is begun and no terminator half read.
+    pub fn is_clear(&self) -> bool {
+        self.partial.is_empty() && !self.skip_lf
+    }
+
     /// Calls `on_line` with every line `input` completes, without its terminator.
     pub fn feed<E: From<FrameError>>(
         &mut self,

@@ -52,9 +52,29 @@ impl SseParser {
     /// An error returned by `on_event` stops parsing and is passed through.
     pub fn feed<E: From<FrameError>>(
         &mut self,
-        input: &[u8],
+        mut input: &[u8],
         on_event: &mut dyn FnMut(Event<'_>) -> Result<(), E>,
     ) -> Result<(), E> {
+        // The usual event, one `data` line and a blank line, whole in this
+        // read with nothing pending before it: handed out from the read
+        // itself rather than copied line by line. Anything else, from its
+        // first byte on, takes the general way.
+        while self.lines.is_clear() && self.fields.is_clear() {
+            let Some(rest) = input.strip_prefix(b"data:") else {
+                break;
+            };
+            let Some(end) = memchr::memchr2(b'\n', b'\r', rest) else {
+                break;
+            };
+            if rest[end] != b'\n' || rest.get(end + 1) != Some(&b'\n') {
+                break;
+            }
+            let value = &rest[..end];
+            let value = value.strip_prefix(b" ").unwrap_or(value);
+            let data = std::str::from_utf8(value).map_err(|_| FrameError::InvalidUtf8)?;
+            on_event(Event { event: "", data })?;
+            input = &rest[end + 2..];
+        }
         let fields = &mut self.fields;
         self.lines
             .feed(input, &mut |line| fields.line(line, on_event))
@@ -73,6 +93,11 @@ impl SseParser {
 }
 
 impl Fields {
+    /// Past the first line, with no field of an event pending.
+    fn is_clear(&self) -> bool {
+        !self.at_start && self.data.is_empty() && self.event.is_empty()
+    }
+
     fn line<E: From<FrameError>>(
         &mut self,
         mut line: &[u8],
@@ -180,6 +205,47 @@ mod tests {
                 assert_eq!(got, whole, "split at {i},{j}");
             }
         }
+    }
+
+    #[test]
+    fn plain_events_give_the_same_events_at_every_split_point() {
+        // After the first event, `data` line and blank line events are
+        // handed out whole from a read; any other shape, or one split
+        // across reads, goes the general way.
+        let stream = "data: a\n\ndata:b\n\ndata: é\n\nevent: x\ndata: c\n\ndata: d\r\n\r\ndata: e\ndata: f\n\ndata: g\n\n: c\ndata: h\n\ndata\n\ndata: i\r\rdata: j\n\n";
+        let whole = events_of(&[stream.as_bytes()]);
+        assert_eq!(
+            whole,
+            vec![
+                ev("", "a"),
+                ev("", "b"),
+                ev("", "é"),
+                ev("x", "c"),
+                ev("", "d"),
+                ev("", "e\nf"),
+                ev("", "g"),
+                ev("", "h"),
+                ev("", ""),
+                ev("", "i"),
+                ev("", "j"),
+            ]
+        );
+        let bytes = stream.as_bytes();
+        for i in 0..bytes.len() {
+            for j in i..bytes.len() {
+                let got = events_of(&[&bytes[..i], &bytes[i..j], &bytes[j..]]);
+                assert_eq!(got, whole, "split at {i},{j}");
+            }
+        }
+    }
+
+    #[test]
+    fn invalid_utf8_in_a_plain_event_is_an_error() {
+        let mut p = SseParser::new();
+        let mut ok = |_: Event<'_>| Ok::<(), FrameError>(());
+        p.feed(b"data: a\n\n", &mut ok).unwrap();
+        let r = p.feed(b"data: b\n\ndata: \xff\n\n", &mut ok);
+        assert_eq!(r, Err(FrameError::InvalidUtf8));
     }
 
     #[test]
