@@ -3,6 +3,9 @@
 //! drain on shutdown.
 
 use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -11,7 +14,7 @@ use http_body::Body as HttpBody;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::GracefulConnection;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -54,7 +57,7 @@ pub async fn serve<S, B>(
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(options.max_header_buffer as u32);
-    let graceful = GracefulShutdown::new();
+    let drain = Drain::new();
 
     loop {
         tokio::select! {
@@ -72,7 +75,7 @@ pub async fn serve<S, B>(
                 let connection = builder
                     .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service.clone()))
                     .into_owned();
-                let connection = graceful.watch(connection);
+                let connection = drain.watch(connection);
                 tokio::spawn(async move {
                     if let Err(e) = connection.await {
                         tracing::debug!(listener = name, error = %e, "connection ended with an error");
@@ -84,12 +87,89 @@ pub async fn serve<S, B>(
     }
     drop(listener);
     tokio::select! {
-        _ = graceful.shutdown() => {
+        _ = drain.shutdown() => {
             tracing::info!(listener = name, "all connections drained");
         }
         _ = tokio::time::sleep(options.grace) => {
             tracing::warn!(listener = name, grace = %humantime::format_duration(options.grace),
                 "grace period over; closing the connections still open");
         }
+    }
+}
+
+/// The connections of one listener, told to finish when the server stops:
+/// each begins a graceful shutdown (hyper completes the requests in flight
+/// and closes idle keep-alive connections), and [`Drain::shutdown`] returns
+/// once all of them are gone.
+///
+/// Unlike hyper-util's `GracefulShutdown`, a connection does not poll the
+/// shutdown signal's future every time it is woken, which for a stream is
+/// every chunk: while that future holds the connection task's waker, a look
+/// at the channel's version stands in for polling it.
+struct Drain {
+    tx: watch::Sender<()>,
+}
+
+impl Drain {
+    fn new() -> Self {
+        Drain {
+            tx: watch::channel(()).0,
+        }
+    }
+
+    fn watch<C: GracefulConnection>(&self, connection: C) -> Watched<C> {
+        let mut signal = self.tx.subscribe();
+        Watched {
+            connection: Box::pin(connection),
+            signal: Box::pin(async move {
+                // A closed channel (the server gone) drains too.
+                let _ = signal.changed().await;
+            }),
+            seen: self.tx.subscribe(),
+            waker: None,
+            draining: false,
+        }
+    }
+
+    /// Tells every connection to finish and waits until all have.
+    async fn shutdown(self) {
+        let _ = self.tx.send(());
+        self.tx.closed().await;
+    }
+}
+
+struct Watched<C> {
+    connection: Pin<Box<C>>,
+    /// Resolves when the drain begins.
+    signal: Pin<Box<dyn Future<Output = ()> + Send>>,
+    /// The same channel, read without polling `signal`.
+    seen: watch::Receiver<()>,
+    /// The waker `signal` was last polled with.
+    waker: Option<Waker>,
+    draining: bool,
+}
+
+impl<C: GracefulConnection> Future for Watched<C> {
+    type Output = C::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<C::Output> {
+        let this = self.get_mut();
+        if !this.draining {
+            let holds_waker = this
+                .waker
+                .as_ref()
+                .is_some_and(|waker| waker.will_wake(cx.waker()));
+            if !holds_waker || !matches!(this.seen.has_changed(), Ok(false)) {
+                match this.signal.as_mut().poll(cx) {
+                    Poll::Ready(()) => {
+                        this.draining = true;
+                        this.waker = None;
+                        this.connection.as_mut().graceful_shutdown();
+                    }
+                    Poll::Pending => this.waker = Some(cx.waker().clone()),
+                }
+            }
+        }
+        this.connection.as_mut().poll(cx)
     }
 }

@@ -4,6 +4,9 @@
 mod support;
 
 use std::process::Command;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use support::client::{chunks_of, streamed_content};
 use support::{Client, Gateway, TempDir, chat};
@@ -263,8 +266,10 @@ async fn the_default_config_answers_through_the_demo_backend() {
 
 #[tokio::test]
 async fn sigterm_drains_and_exits() {
+    // A grace longer than `wait_exit` waits: the drain must close the
+    // client's idle keep-alive connection, not wait the grace out.
     let mut gw = Gateway::start(
-        "auth: {required: false}\nproviders: {d: {type: demo, pace: 0s}}\nmodels: {m: {targets: [{provider: d}]}}\n",
+        "shutdown_grace: 60s\nauth: {required: false}\nproviders: {d: {type: demo, pace: 0s}}\nmodels: {m: {targets: [{provider: d}]}}\n",
     );
     assert_eq!(
         Client::new()
@@ -273,7 +278,36 @@ async fn sigterm_drains_and_exits() {
             .status,
         200
     );
+    // A keep-alive connection left open and idle after one answer.
+    let address = gw.url("").trim_start_matches("http://").to_owned();
+    let mut idle = tokio::net::TcpStream::connect(&address).await.unwrap();
+    idle.write_all(b"GET /v1/models HTTP/1.1\r\nhost: switchyard\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = idle.read(&mut buf).await.unwrap();
+        assert!(n > 0, "the answer is complete before the connection closes");
+        answer.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&answer).to_lowercase();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map(|v| v.trim().parse().unwrap())
+                .expect("a content-length");
+            if body.len() >= length {
+                break;
+            }
+        }
+    }
     gw.signal("TERM");
+    let closed = tokio::time::timeout(Duration::from_secs(5), idle.read(&mut buf)).await;
+    assert!(
+        matches!(closed, Ok(Ok(0))),
+        "the idle connection is closed at once, not after the grace: {closed:?}"
+    );
     let status = gw.wait_exit().expect("the gateway exits after SIGTERM");
     assert!(status.success());
     assert!(gw.logs().iter().any(|l| l.contains("shutting down")));
