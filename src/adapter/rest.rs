@@ -121,7 +121,8 @@ enum Done {
 #[derive(Debug)]
 struct StreamSpec {
     format: Format,
-    delimiter: Box<[u8]>,
+    /// `format: delimited`'s separator, its searcher built once.
+    delimiter: Arc<memchr::memmem::Finder<'static>>,
     delta: Pointer,
     done: Option<Done>,
     usage: UsagePointers,
@@ -254,23 +255,24 @@ fn stream_spec(
         }
     };
     let delimiter = match (&s.delimiter, format) {
-        (Some(d), Format::Delimited) if !d.is_empty() => d.as_bytes().into(),
+        (Some(d), Format::Delimited) if !d.is_empty() => d.as_bytes(),
         (None, Format::Delimited) | (Some(_), Format::Delimited) => {
             problems.push(Problem::new(
                 path.key("delimiter"),
                 "`format: delimited` needs a non-empty `delimiter`",
             ));
-            Box::default()
+            &[]
         }
         (Some(_), _) => {
             problems.push(Problem::new(
                 path.key("delimiter"),
                 "only `format: delimited` takes a delimiter",
             ));
-            Box::default()
+            &[]
         }
-        (None, _) => Box::default(),
+        (None, _) => &[],
     };
+    let delimiter = Arc::new(memchr::memmem::Finder::new(delimiter).into_owned());
     let delta = Pointer::compile(&s.delta, &path.key("delta"), problems);
     let done = match s.done.as_deref() {
         None => None,
@@ -427,7 +429,7 @@ enum Framing {
     Lines(NdjsonParser),
     Sse(SseParser),
     Delimited {
-        delimiter: Box<[u8]>,
+        delimiter: Arc<memchr::memmem::Finder<'static>>,
         buffer: Vec<u8>,
         /// Bytes of `buffer` already searched for the delimiter.
         searched: usize,
@@ -465,18 +467,18 @@ impl Framing {
                 let mut start = 0;
                 loop {
                     let from = (*searched).max(start);
-                    match memchr::memmem::find(&buffer[from..], delimiter) {
+                    match delimiter.find(&buffer[from..]) {
                         Some(at) => {
                             let end = from + at;
                             on_event(utf8(&buffer[start..end])?, false)?;
-                            start = end + delimiter.len();
+                            start = end + delimiter.needle().len();
                             *searched = start;
                         }
                         None => break,
                     }
                 }
                 buffer.drain(..start);
-                *searched = buffer.len().saturating_sub(delimiter.len() - 1);
+                *searched = buffer.len().saturating_sub(delimiter.needle().len() - 1);
                 if buffer.len() > MAX_LINE {
                     return Err(FrameError::LineTooLong.into());
                 }
