@@ -426,8 +426,11 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Parsed, SendErro
             .map_err(|_| SendError::protocol("the backend sent an invalid header name"))?;
         let value = HeaderValue::from_maybe_shared(raw.slice(value))
             .map_err(|_| SendError::protocol("the backend sent an invalid header value"))?;
-        delimiters.read(&name, &value);
-        headers.append(name, value);
+        // The framing headers are spent on the framing: nothing else reads
+        // them, so they do not go into the map.
+        if !delimiters.read(&name, &value) {
+            headers.append(name, value);
+        }
     }
 
     let version = if version == 0 {
@@ -463,7 +466,9 @@ struct Delimiters {
 }
 
 impl Delimiters {
-    fn read(&mut self, name: &HeaderName, value: &HeaderValue) {
+    /// Takes in one header; true when it was a framing header
+    /// (`connection`, `transfer-encoding`, `content-length`).
+    fn read(&mut self, name: &HeaderName, value: &HeaderValue) -> bool {
         let value = value.as_bytes();
         if name == CONNECTION {
             self.close |= value
@@ -488,7 +493,10 @@ impl Delimiters {
                 }
                 self.length = Some(n);
             }
+        } else {
+            return false;
         }
+        true
     }
 
     /// How the body is delimited (RFC 9112, section 6.3).
@@ -909,6 +917,10 @@ mod tests {
             .unwrap();
         assert_eq!(response.status(), 200);
         assert_eq!(response.headers()["x-a"], "1");
+        assert!(
+            !response.headers().contains_key("content-length"),
+            "the framing headers are spent on the framing"
+        );
         assert_eq!(text(response).await.unwrap(), "hello");
         assert_eq!(pool.idle_count(), 1);
         let response = pool.send(post(&address, "{}"), Added::NONE).await.unwrap();
@@ -951,6 +963,7 @@ mod tests {
         .await;
         let pool = Pool::new(Duration::from_secs(1));
         let response = pool.send(post(&address, "{}"), Added::NONE).await.unwrap();
+        assert!(!response.headers().contains_key("transfer-encoding"));
         assert_eq!(text(response).await.unwrap(), "data: 0123456789abcdef");
         assert_eq!(
             pool.idle_count(),
