@@ -21,6 +21,12 @@ models: {m: {targets: [{provider: demo}]}}\n";
 async fn raw(addr: SocketAddr, request: &[u8]) -> (u16, String, Vec<u8>) {
     let mut stream = TcpStream::connect(addr).await.unwrap();
     stream.write_all(request).await.unwrap();
+    answer(&mut stream).await
+}
+
+/// Reads one answer: its status, head and body (by its content-length, or
+/// up to the end of the connection).
+async fn answer(stream: &mut TcpStream) -> (u16, String, Vec<u8>) {
     let mut buf = Vec::new();
     let read = async {
         let mut chunk = [0u8; 8192];
@@ -350,4 +356,37 @@ async fn a_client_that_never_finishes_its_body_gets_408() {
     assert_eq!(status, 408);
     let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(v["error"]["code"], "request_timeout");
+}
+
+#[tokio::test]
+async fn client_header_closes_a_slow_head_and_an_idle_keep_alive_connection() {
+    let gw =
+        Gateway::start(&CONFIG.replace("limits:", "timeouts: {client_header: 200ms}\nlimits:"));
+    let mut slow = TcpStream::connect(gw.addr).await.unwrap();
+    slow.write_all(b"GET /v1/models HTTP/1.1\r\nhost: x\r\n")
+        .await
+        .unwrap();
+    let mut idle = TcpStream::connect(gw.addr).await.unwrap();
+    idle.write_all(b"GET /v1/models HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let (status, _, _) = answer(&mut idle).await;
+    assert_eq!(status, 200);
+    for (what, stream) in [
+        ("a head that never ends", &mut slow),
+        ("an idle keep-alive connection", &mut idle),
+    ] {
+        let mut rest = Vec::new();
+        let read =
+            tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest)).await;
+        assert!(
+            matches!(read, Ok(Ok(_)) | Ok(Err(_))),
+            "{what} is closed within a few client_header periods"
+        );
+        assert!(
+            rest.is_empty() || rest.starts_with(b"HTTP/1.1 408"),
+            "{what}: {:?}",
+            String::from_utf8_lossy(&rest)
+        );
+    }
 }
