@@ -265,6 +265,40 @@ async fn the_default_config_answers_through_the_demo_backend() {
 }
 
 #[tokio::test]
+async fn h2c_clients_are_served_and_drained() {
+    // HTTP/2 by prior knowledge, as some SDKs and proxies speak it: a whole
+    // answer, a stream, and on SIGTERM a prompt exit although the client
+    // keeps its connection open (the drain sends it GOAWAY).
+    let mut gw = Gateway::start(
+        "shutdown_grace: 60s\nauth: {required: false}\nproviders: {d: {type: demo, pace: 0s}}\nmodels: {m: {targets: [{provider: d}]}}\n",
+    );
+    let client = support::Client::h2c();
+    let whole = client
+        .post(&gw.url("/v1/chat/completions"), &[], chat("m", false))
+        .await;
+    assert_eq!(whole.status, 200, "{}", whole.text());
+    assert_eq!(whole.version, http::Version::HTTP_2);
+    assert!(whole.header("x-request-id").is_some());
+    assert_eq!(whole.json()["choices"][0]["message"]["role"], "assistant");
+    let streamed = client
+        .post(&gw.url("/v1/chat/completions"), &[], chat("m", true))
+        .await;
+    assert_eq!(streamed.version, http::Version::HTTP_2);
+    assert!(!streamed_content(&streamed.chunks()).is_empty());
+
+    gw.signal("TERM");
+    let asked = std::time::Instant::now();
+    while gw.is_running() && asked.elapsed() < Duration::from_secs(5) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        !gw.is_running(),
+        "the open HTTP/2 connection is drained at once, not after the grace"
+    );
+    drop(client);
+}
+
+#[tokio::test]
 async fn sigterm_drains_and_exits() {
     // A grace longer than `wait_exit` waits: the drain must close the
     // client's idle keep-alive connection, not wait the grace out.

@@ -18,6 +18,7 @@ pub struct Client {
 #[derive(Debug)]
 pub struct Reply {
     pub status: StatusCode,
+    pub version: http::Version,
     pub headers: HeaderMap,
     pub body: Bytes,
 }
@@ -116,6 +117,17 @@ impl Client {
         }
     }
 
+    /// HTTP/2 without TLS, by prior knowledge (h2c).
+    pub fn h2c() -> Self {
+        let mut http = HttpConnector::new();
+        http.set_nodelay(true);
+        Client {
+            inner: Legacy::builder(TokioExecutor::new())
+                .http2_only(true)
+                .build(http),
+        }
+    }
+
     fn request(
         method: Method,
         url: &str,
@@ -159,6 +171,7 @@ impl Client {
             .to_bytes();
         Reply {
             status: head.status,
+            version: head.version,
             headers: head.headers,
             body,
         }
