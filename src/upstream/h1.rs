@@ -426,9 +426,9 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Parsed, SendErro
             .map_err(|_| SendError::protocol("the backend sent an invalid header name"))?;
         let value = HeaderValue::from_maybe_shared(raw.slice(value))
             .map_err(|_| SendError::protocol("the backend sent an invalid header value"))?;
-        // The framing headers are spent on the framing: nothing else reads
-        // them, so they do not go into the map.
-        if !delimiters.read(&name, &value) {
+        delimiters.read(&name, &value);
+        // Spent on the framing: nothing else reads them from the map.
+        if !super::stamp::hop_by_hop(&name) {
             headers.append(name, value);
         }
     }
@@ -466,9 +466,7 @@ struct Delimiters {
 }
 
 impl Delimiters {
-    /// Takes in one header; true when it was a framing header
-    /// (`connection`, `transfer-encoding`, `content-length`).
-    fn read(&mut self, name: &HeaderName, value: &HeaderValue) -> bool {
+    fn read(&mut self, name: &HeaderName, value: &HeaderValue) {
         let value = value.as_bytes();
         if name == CONNECTION {
             self.close |= value
@@ -493,10 +491,7 @@ impl Delimiters {
                 }
                 self.length = Some(n);
             }
-        } else {
-            return false;
         }
-        true
     }
 
     /// How the body is delimited (RFC 9112, section 6.3).

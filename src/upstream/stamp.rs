@@ -132,8 +132,10 @@ impl Added<'_> {
     }
 }
 
-/// Headers the HTTP/1.1 client writes itself, from the body it sends.
-fn hop_by_hop(name: &HeaderName) -> bool {
+/// A message's framing and connection headers, which the HTTP/1.1 client
+/// writes itself for a request (from the body it sends) and spends on the
+/// framing of an answer.
+pub(super) fn hop_by_hop(name: &HeaderName) -> bool {
     name == CONTENT_LENGTH || name == TRANSFER_ENCODING || name == CONNECTION
 }
 
