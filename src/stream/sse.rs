@@ -180,6 +180,17 @@ mod tests {
         out
     }
 
+    /// Cut into three reads at every two points, `stream` gives `whole`.
+    fn same_at_every_split(stream: &str, whole: &[(String, String)]) {
+        let bytes = stream.as_bytes();
+        for i in 0..bytes.len() {
+            for j in i..bytes.len() {
+                let got = events_of(&[&bytes[..i], &bytes[i..j], &bytes[j..]]);
+                assert_eq!(got, whole, "split at {i},{j}");
+            }
+        }
+    }
+
     fn ev(event: &str, data: &str) -> (String, String) {
         (event.to_owned(), data.to_owned())
     }
@@ -198,13 +209,7 @@ mod tests {
                 ev("error", "{\"code\":500}"),
             ]
         );
-        let bytes = stream.as_bytes();
-        for i in 0..bytes.len() {
-            for j in i..bytes.len() {
-                let got = events_of(&[&bytes[..i], &bytes[i..j], &bytes[j..]]);
-                assert_eq!(got, whole, "split at {i},{j}");
-            }
-        }
+        same_at_every_split(stream, &whole);
     }
 
     #[test]
@@ -230,13 +235,7 @@ mod tests {
                 ev("", "j"),
             ]
         );
-        let bytes = stream.as_bytes();
-        for i in 0..bytes.len() {
-            for j in i..bytes.len() {
-                let got = events_of(&[&bytes[..i], &bytes[i..j], &bytes[j..]]);
-                assert_eq!(got, whole, "split at {i},{j}");
-            }
-        }
+        same_at_every_split(stream, &whole);
     }
 
     #[test]
