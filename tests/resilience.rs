@@ -361,6 +361,23 @@ async fn a_slower_target_receives_less_traffic() {
     assert!(s > 0, "the slow target is still measured");
 }
 
+/// One OpenAI provider `a` on `mock` with `timeouts`, behind the alias `m`.
+fn stream_config(mock: &Mock, timeouts: &str) -> String {
+    format!(
+        "{OPEN}providers:\n  a: {{type: openai, base_url: \"{}\", timeouts: {{{timeouts}}}}}\nmodels: {{m: {{targets: [{{provider: a}}]}}}}\n",
+        mock.url("/v1")
+    )
+}
+
+/// The message of the timeout error that ends a relayed stream, after
+/// checking its code and that `[DONE]` follows it.
+fn timeout_event(events: &[String]) -> String {
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+    let error: serde_json::Value = serde_json::from_str(&events[events.len() - 2]).unwrap();
+    assert_eq!(error["error"]["code"], "upstream_timeout");
+    error["error"]["message"].as_str().unwrap().to_owned()
+}
+
 #[tokio::test]
 async fn a_stalled_stream_ends_with_an_error_event() {
     let mock = Mock::start(|_| {
@@ -374,24 +391,13 @@ async fn a_stalled_stream_ends_with_an_error_event() {
         ])
     })
     .await;
-    let config = format!(
-        "{OPEN}providers:\n  a: {{type: openai, base_url: \"{}\", timeouts: {{stream_idle: 200ms}}}}\nmodels: {{m: {{targets: [{{provider: a}}]}}}}\n",
-        mock.url("/v1")
-    );
-    let gw = Gateway::start(&config);
+    let gw = Gateway::start(&stream_config(&mock, "stream_idle: 200ms"));
     let mut cut = mock.cut_watch();
     let reply = post(&gw, "m", true).await;
     let events = reply.events();
     assert!(events[0].contains("tick"));
-    let error: serde_json::Value = serde_json::from_str(&events[events.len() - 2]).unwrap();
-    assert_eq!(error["error"]["code"], "upstream_timeout");
-    assert!(
-        error["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("silent")
-    );
-    assert_eq!(events.last().unwrap(), "[DONE]");
+    let message = timeout_event(&events);
+    assert!(message.contains("silent"), "{message}");
     tokio::time::timeout(Duration::from_secs(1), cut.wait_for(|n| *n >= 1))
         .await
         .expect("the stalled backend is hung up on")
@@ -424,11 +430,7 @@ async fn a_stream_that_keeps_talking_outlives_its_idle_timeout() {
     // as the limit, so the stream must end normally, not be cut when the
     // first idle deadline passes.
     let mock = ticking(8, Duration::from_millis(60)).await;
-    let config = format!(
-        "{OPEN}providers:\n  a: {{type: openai, base_url: \"{}\", timeouts: {{stream_idle: 250ms}}}}\nmodels: {{m: {{targets: [{{provider: a}}]}}}}\n",
-        mock.url("/v1")
-    );
-    let gw = Gateway::start(&config);
+    let gw = Gateway::start(&stream_config(&mock, "stream_idle: 250ms"));
     let started = Instant::now();
     let reply = post(&gw, "m", true).await;
     assert!(
@@ -448,22 +450,15 @@ async fn a_stream_that_talks_past_the_total_timeout_is_cut() {
     // longer than `total`, so the stream ends with a timeout event when
     // the request's deadline passes and the backend is hung up on.
     let mock = ticking(40, Duration::from_millis(40)).await;
-    let config = format!(
-        "{OPEN}providers:\n  a: {{type: openai, base_url: \"{}\", timeouts: {{stream_idle: 150ms, total: 400ms}}}}\nmodels: {{m: {{targets: [{{provider: a}}]}}}}\n",
-        mock.url("/v1")
-    );
-    let gw = Gateway::start(&config);
+    let gw = Gateway::start(&stream_config(&mock, "stream_idle: 150ms, total: 400ms"));
     let mut cut = mock.cut_watch();
     let reply = post(&gw, "m", true).await;
     let events = reply.events();
     let content = streamed_content(&reply.chunks());
     assert!(content.starts_with("t0 t1 "), "{content}");
     assert!(!content.contains("t39"), "the stream was cut: {content}");
-    let error: serde_json::Value = serde_json::from_str(&events[events.len() - 2]).unwrap();
-    assert_eq!(error["error"]["code"], "upstream_timeout");
-    let message = error["error"]["message"].as_str().unwrap();
+    let message = timeout_event(&events);
     assert!(message.contains("total timeout"), "{message}");
-    assert_eq!(events.last().unwrap(), "[DONE]");
     tokio::time::timeout(Duration::from_secs(1), cut.wait_for(|n| *n >= 1))
         .await
         .expect("the backend is hung up on")
