@@ -21,41 +21,7 @@ models: {m: {targets: [{provider: demo}]}}\n";
 async fn raw(addr: SocketAddr, request: &[u8]) -> (u16, String, Vec<u8>) {
     let mut stream = TcpStream::connect(addr).await.unwrap();
     stream.write_all(request).await.unwrap();
-    answer(&mut stream).await
-}
-
-/// Reads one answer: its status, head and body (by its content-length, or
-/// up to the end of the connection).
-async fn answer(stream: &mut TcpStream) -> (u16, String, Vec<u8>) {
-    let mut buf = Vec::new();
-    let read = async {
-        let mut chunk = [0u8; 8192];
-        loop {
-            let n = match stream.read(&mut chunk).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => n,
-            };
-            buf.extend_from_slice(&chunk[..n]);
-            if let Some(end) = find(&buf, b"\r\n\r\n") {
-                let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
-                let len = head
-                    .lines()
-                    .find_map(|l| l.strip_prefix("content-length: "))
-                    .and_then(|v| v.trim().parse::<usize>().ok());
-                if len.is_some_and(|len| buf.len() >= end + 4 + len) {
-                    break;
-                }
-            }
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(10), read)
-        .await
-        .expect("an answer within 10 s");
-    let end = find(&buf, b"\r\n\r\n")
-        .unwrap_or_else(|| panic!("no response head: {:?}", String::from_utf8_lossy(&buf)));
-    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-    (status, head, buf[end + 4..].to_vec())
+    support::read_answer(&mut stream).await
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
@@ -370,7 +336,7 @@ async fn client_header_closes_a_slow_head_and_an_idle_keep_alive_connection() {
     idle.write_all(b"GET /v1/models HTTP/1.1\r\nhost: x\r\n\r\n")
         .await
         .unwrap();
-    let (status, _, _) = answer(&mut idle).await;
+    let (status, _, _) = support::read_answer(&mut idle).await;
     assert_eq!(status, 200);
     for (what, stream) in [
         ("a head that never ends", &mut slow),

@@ -264,14 +264,16 @@ async fn the_default_config_answers_through_the_demo_backend() {
     assert_eq!(ready.status, 200);
 }
 
+/// The demo backend behind `m`, with a grace longer than `wait_exit`
+/// waits: a drain that left a connection open would be seen.
+const DRAINING: &str = "shutdown_grace: 60s\nauth: {required: false}\nproviders: {d: {type: demo, pace: 0s}}\nmodels: {m: {targets: [{provider: d}]}}\n";
+
 #[tokio::test]
 async fn h2c_clients_are_served_and_drained() {
     // HTTP/2 by prior knowledge, as some SDKs and proxies speak it: a whole
     // answer, a stream, and on SIGTERM a prompt exit although the client
     // keeps its connection open (the drain sends it GOAWAY).
-    let mut gw = Gateway::start(
-        "shutdown_grace: 60s\nauth: {required: false}\nproviders: {d: {type: demo, pace: 0s}}\nmodels: {m: {targets: [{provider: d}]}}\n",
-    );
+    let mut gw = Gateway::start(DRAINING);
     let client = support::Client::h2c();
     let whole = client
         .post(&gw.url("/v1/chat/completions"), &[], chat("m", false))
@@ -302,9 +304,7 @@ async fn h2c_clients_are_served_and_drained() {
 async fn sigterm_drains_and_exits() {
     // A grace longer than `wait_exit` waits: the drain must close the
     // client's idle keep-alive connection, not wait the grace out.
-    let mut gw = Gateway::start(
-        "shutdown_grace: 60s\nauth: {required: false}\nproviders: {d: {type: demo, pace: 0s}}\nmodels: {m: {targets: [{provider: d}]}}\n",
-    );
+    let mut gw = Gateway::start(DRAINING);
     assert_eq!(
         Client::new()
             .post(&gw.url("/v1/chat/completions"), &[], chat("m", false))
@@ -318,25 +318,14 @@ async fn sigterm_drains_and_exits() {
     idle.write_all(b"GET /v1/models HTTP/1.1\r\nhost: switchyard\r\n\r\n")
         .await
         .unwrap();
-    let mut answer = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        let n = idle.read(&mut buf).await.unwrap();
-        assert!(n > 0, "the answer is complete before the connection closes");
-        answer.extend_from_slice(&buf[..n]);
-        let text = String::from_utf8_lossy(&answer).to_lowercase();
-        if let Some((head, body)) = text.split_once("\r\n\r\n") {
-            let length: usize = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length:"))
-                .map(|v| v.trim().parse().unwrap())
-                .expect("a content-length");
-            if body.len() >= length {
-                break;
-            }
-        }
-    }
+    let (status, head, _) = support::read_answer(&mut idle).await;
+    assert_eq!(status, 200, "{head}");
+    assert!(
+        head.to_lowercase().contains("content-length:"),
+        "the answer is complete before the connection closes: {head}"
+    );
     gw.signal("TERM");
+    let mut buf = [0u8; 64];
     let closed = tokio::time::timeout(Duration::from_secs(5), idle.read(&mut buf)).await;
     assert!(
         matches!(closed, Ok(Ok(0))),
