@@ -86,6 +86,11 @@ pub async fn serve<S, B>(
         }
     }
     drop(listener);
+    tracing::info!(
+        listener = name,
+        connections = drain.connections(),
+        "draining connections"
+    );
     tokio::select! {
         _ = drain.shutdown() => {
             tracing::info!(listener = name, "all connections drained");
@@ -129,6 +134,12 @@ impl Drain {
             waker: None,
             draining: false,
         }
+    }
+
+    /// How many connections are open (each holds two receivers of the
+    /// channel: its signal's and the one it reads).
+    fn connections(&self) -> usize {
+        self.tx.receiver_count() / 2
     }
 
     /// Tells every connection to finish and waits until all have.

@@ -333,5 +333,19 @@ async fn sigterm_drains_and_exits() {
     );
     let status = gw.wait_exit().expect("the gateway exits after SIGTERM");
     assert!(status.success());
-    assert!(gw.logs().iter().any(|l| l.contains("shutting down")));
+    let logs = gw.logs();
+    assert!(logs.iter().any(|l| l.contains("shutting down")));
+    let draining: Vec<serde_json::Value> = logs
+        .iter()
+        .filter(|l| l.contains("draining connections"))
+        .map(|l| serde_json::from_str(l).expect("JSON log line"))
+        .collect();
+    let public = draining
+        .iter()
+        .find(|v| v["listener"] == "public")
+        .unwrap_or_else(|| panic!("the public listener's drain is logged: {logs:?}"));
+    assert!(
+        public["connections"].as_u64() >= Some(1),
+        "the idle connection is counted: {public}"
+    );
 }
