@@ -356,7 +356,9 @@ impl Anthropic {
             metadata: request.user.as_deref().map(|user_id| Metadata { user_id }),
             stream: request.wants_stream(),
         };
-        let json = serde_json::to_vec(&wire)
+        // The Messages request is about as long as the chat request it came from.
+        let mut json = Vec::with_capacity(body.len() + 128);
+        serde_json::to_writer(&mut json, &wire)
             .map_err(|e| Error::internal(format!("cannot write the Messages request: {e}")))?;
         Ok((Bytes::from(json), wire.stream))
     }

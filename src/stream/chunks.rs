@@ -344,53 +344,69 @@ struct OutFunction<'a> {
 /// A `chat.completion` (or `text_completion`) body for a whole answer.
 pub fn render_completion(shape: &Shape<'_>, c: &Completion) -> Bytes {
     let model = shape.model;
-    let json = if shape.text {
-        serde_json::to_vec(&Response {
-            id: shape.id.clone(),
-            object: "text_completion",
-            created: now(),
-            model,
-            choices: [TextChoice {
-                index: 0,
-                text: c.content.as_deref().unwrap_or(""),
-                logprobs: None,
-                finish_reason: Some(c.finish_reason),
-            }],
-            usage: c.usage,
-        })
+    // Sized for the usual answer, so that the writer does not grow it
+    // step by step from empty.
+    let content = c.content.as_deref().map_or(0, str::len);
+    let mut json = Vec::with_capacity(ANSWER_ROOM + content + model.len());
+    let written = if shape.text {
+        serde_json::to_writer(
+            &mut json,
+            &Response {
+                id: shape.id.clone(),
+                object: "text_completion",
+                created: now(),
+                model,
+                choices: [TextChoice {
+                    index: 0,
+                    text: c.content.as_deref().unwrap_or(""),
+                    logprobs: None,
+                    finish_reason: Some(c.finish_reason),
+                }],
+                usage: c.usage,
+            },
+        )
     } else {
-        serde_json::to_vec(&Response {
-            id: shape.id.clone(),
-            object: "chat.completion",
-            created: now(),
-            model,
-            choices: [MessageChoice {
-                index: 0,
-                message: OutMessage {
-                    role: "assistant",
-                    content: c.content.as_deref(),
-                    refusal: None,
-                    tool_calls: c
-                        .tool_calls
-                        .iter()
-                        .map(|t| OutToolCall {
-                            id: &t.id,
-                            kind: "function",
-                            function: OutFunction {
-                                name: &t.name,
-                                arguments: &t.arguments,
-                            },
-                        })
-                        .collect(),
-                },
-                logprobs: None,
-                finish_reason: c.finish_reason,
-            }],
-            usage: c.usage,
-        })
+        serde_json::to_writer(
+            &mut json,
+            &Response {
+                id: shape.id.clone(),
+                object: "chat.completion",
+                created: now(),
+                model,
+                choices: [MessageChoice {
+                    index: 0,
+                    message: OutMessage {
+                        role: "assistant",
+                        content: c.content.as_deref(),
+                        refusal: None,
+                        tool_calls: c
+                            .tool_calls
+                            .iter()
+                            .map(|t| OutToolCall {
+                                id: &t.id,
+                                kind: "function",
+                                function: OutFunction {
+                                    name: &t.name,
+                                    arguments: &t.arguments,
+                                },
+                            })
+                            .collect(),
+                    },
+                    logprobs: None,
+                    finish_reason: c.finish_reason,
+                }],
+                usage: c.usage,
+            },
+        )
     };
-    Bytes::from(json.unwrap_or_default())
+    if written.is_err() {
+        json.clear();
+    }
+    Bytes::from(json)
 }
+
+/// Room for an answer's fixed fields, its id, usage and a tool call or two.
+const ANSWER_ROOM: usize = 512;
 
 /// The whole stream for an answer that arrived whole: role, content, one
 /// chunk per tool call, finish, usage when asked, `[DONE]`.
