@@ -9,6 +9,18 @@
 /// of levels down).
 const MAX_DEPTH: u32 = 64;
 
+/// `value` written as JSON into a buffer that starts with `room` bytes,
+/// so that serializing does not grow it step by step from empty (and copy
+/// it each time): for a body whose size is known roughly in advance.
+pub fn to_vec_sized<T: serde::Serialize + ?Sized>(
+    value: &T,
+    room: usize,
+) -> serde_json::Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(room);
+    serde_json::to_writer(&mut out, value)?;
+    Ok(out)
+}
+
 /// JSON's whitespace (RFC 8259), narrower than `u8::is_ascii_whitespace`,
 /// which takes the form feed too.
 pub fn is_ws(b: &u8) -> bool {
@@ -215,6 +227,16 @@ fn literal_end(text: &[u8], at: usize, word: &[u8]) -> Option<usize> {
 mod tests {
     use super::*;
     use serde::de::IgnoredAny;
+
+    #[test]
+    fn a_sized_buffer_holds_what_serde_writes_whatever_its_room() {
+        let value = serde_json::json!({"model": "m", "text": "a \"quoted\" line\n"});
+        for room in [0, 4, 1024] {
+            let out = to_vec_sized(&value, room).unwrap();
+            assert_eq!(out, serde_json::to_vec(&value).unwrap(), "room {room}");
+            assert!(out.capacity() >= room);
+        }
+    }
 
     /// The check's verdict on a whole text: one value and nothing after.
     fn checks(text: &str) -> bool {

@@ -357,8 +357,7 @@ impl Anthropic {
             stream: request.wants_stream(),
         };
         // The Messages request is about as long as the chat request it came from.
-        let mut json = Vec::with_capacity(body.len() + 128);
-        serde_json::to_writer(&mut json, &wire)
+        let json = crate::json::to_vec_sized(&wire, body.len() + 128)
             .map_err(|e| Error::internal(format!("cannot write the Messages request: {e}")))?;
         Ok((Bytes::from(json), wire.stream))
     }

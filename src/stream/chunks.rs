@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use crate::call::Call;
 use crate::chat::{Completion, Embeddings, FinishReason};
+use crate::json::to_vec_sized;
 use crate::openai::{Endpoint, SSE_DONE, Usage};
 
 /// Builds the events of one OpenAI stream, in order: role first, content and
@@ -344,13 +345,10 @@ struct OutFunction<'a> {
 /// A `chat.completion` (or `text_completion`) body for a whole answer.
 pub fn render_completion(shape: &Shape<'_>, c: &Completion) -> Bytes {
     let model = shape.model;
-    // Sized for the usual answer, so that the writer does not grow it
-    // step by step from empty.
     let content = c.content.as_deref().map_or(0, str::len);
-    let mut json = Vec::with_capacity(ANSWER_ROOM + content + model.len());
-    let written = if shape.text {
-        serde_json::to_writer(
-            &mut json,
+    let room = ANSWER_ROOM + content + model.len();
+    let json = if shape.text {
+        to_vec_sized(
             &Response {
                 id: shape.id.clone(),
                 object: "text_completion",
@@ -364,10 +362,10 @@ pub fn render_completion(shape: &Shape<'_>, c: &Completion) -> Bytes {
                 }],
                 usage: c.usage,
             },
+            room,
         )
     } else {
-        serde_json::to_writer(
-            &mut json,
+        to_vec_sized(
             &Response {
                 id: shape.id.clone(),
                 object: "chat.completion",
@@ -397,12 +395,10 @@ pub fn render_completion(shape: &Shape<'_>, c: &Completion) -> Bytes {
                 }],
                 usage: c.usage,
             },
+            room,
         )
     };
-    if written.is_err() {
-        json.clear();
-    }
-    Bytes::from(json)
+    Bytes::from(json.unwrap_or_default())
 }
 
 /// Room for an answer's fixed fields, its id, usage and a tool call or two.
