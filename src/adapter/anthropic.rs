@@ -356,8 +356,7 @@ impl Anthropic {
             metadata: request.user.as_deref().map(|user_id| Metadata { user_id }),
             stream: request.wants_stream(),
         };
-        // The Messages request is about as long as the chat request it came from.
-        let json = crate::json::to_vec_sized(&wire, body.len() + 128)
+        let json = crate::json::to_vec_sized(&wire, body.len() + super::TRANSLATED_ROOM)
             .map_err(|e| Error::internal(format!("cannot write the Messages request: {e}")))?;
         Ok((Bytes::from(json), wire.stream))
     }

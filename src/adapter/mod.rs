@@ -270,6 +270,10 @@ pub fn in_band_failure(body: &[u8]) -> Failure {
 }
 
 /// The failure for a non-success status with a body in one of the common shapes.
+/// A translated request is about as long as the chat body it came from:
+/// its buffer starts at that length and this much more.
+pub const TRANSLATED_ROOM: usize = 128;
+
 pub fn status_failure(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> Failure {
     let (message, code) = error_message(body);
     Failure {

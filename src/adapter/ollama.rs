@@ -267,7 +267,12 @@ impl Adapter for Ollama {
         let (uri, body, stream) = match call.endpoint {
             Endpoint::Chat | Endpoint::Completions => {
                 let request = ChatRequest::parse(call.endpoint, &call.body)?;
-                let body = self.chat_body(&request, model, call.view.stream)?;
+                let body = self.chat_body(
+                    &request,
+                    model,
+                    call.view.stream,
+                    call.body.len() + super::TRANSLATED_ROOM,
+                )?;
                 (&self.chat, body, call.view.stream)
             }
             Endpoint::Embeddings => {
@@ -363,11 +368,14 @@ fn headers(stream: bool) -> HeaderMap {
 // === conversions: OpenAI → Ollama ===
 
 impl Ollama {
+    /// The chat as an Ollama `/api/chat` body; `room` is the size to
+    /// expect (the client's body's).
     fn chat_body(
         &self,
         request: &ChatRequest<'_>,
         model: &str,
         stream: bool,
+        room: usize,
     ) -> Result<Vec<u8>, Error> {
         request.refuse_unsupported(&self.id, true)?;
         request.refuse_echo(&self.id)?;
@@ -396,7 +404,7 @@ impl Ollama {
             options: self.run_options(request),
             keep_alive: self.keep_alive.as_ref(),
         };
-        serde_json::to_vec(&body).map_err(|e| Error::internal(e.to_string()))
+        crate::json::to_vec_sized(&body, room).map_err(|e| Error::internal(e.to_string()))
     }
 
     /// The provider's `options`, then the client's sampling fields over them.
@@ -820,7 +828,7 @@ mod tests {
     ) -> Result<Value, Error> {
         let bytes = body.to_string();
         let request = ChatRequest::parse(endpoint, bytes.as_bytes())?;
-        let sent = ollama.chat_body(&request, "llama3.2", stream)?;
+        let sent = ollama.chat_body(&request, "llama3.2", stream, 0)?;
         Ok(serde_json::from_slice(&sent).unwrap())
     }
 

@@ -675,7 +675,8 @@ impl HuggingFace {
             },
             options: inference.then_some(InferenceOptions { use_cache: false }),
         };
-        let body = serde_json::to_vec(&request).map_err(|e| Error::internal(e.to_string()))?;
+        let body = crate::json::to_vec_sized(&request, body.len() + super::TRANSLATED_ROOM)
+            .map_err(|e| Error::internal(e.to_string()))?;
         let stream = stream && !inference;
         let uri = match (self.api, stream) {
             (Api::Inference, _) => self.model_uri(model, ""),
