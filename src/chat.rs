@@ -278,7 +278,7 @@ impl<'a> ChatRequest<'a> {
     /// Parses a chat body, or a legacy completion body as a chat with the
     /// prompt as its one user message. Errors are 400s naming the problem.
     pub fn parse(endpoint: Endpoint, body: &'a [u8]) -> Result<ChatRequest<'a>, Error> {
-        let mut request: ChatRequest<'a> = serde_json::from_slice(body)
+        let mut request: ChatRequest<'a> = crate::json::from_slice(body)
             .map_err(|e| Error::invalid(format!("invalid request body: {e}")))?;
         if endpoint == Endpoint::Completions {
             let prompt = match request.prompt.take() {
@@ -481,7 +481,7 @@ pub enum EmbeddingInput<'a> {
 
 impl<'a> EmbeddingRequest<'a> {
     pub fn parse(body: &'a [u8]) -> Result<EmbeddingRequest<'a>, Error> {
-        serde_json::from_slice(body)
+        crate::json::from_slice(body)
             .map_err(|e| Error::invalid(format!("invalid request body: {e}")))
     }
 

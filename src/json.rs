@@ -21,6 +21,18 @@ pub fn to_vec_sized<T: serde::Serialize + ?Sized>(
     Ok(out)
 }
 
+/// `serde_json::from_slice`, with UTF-8 checked once for the whole text:
+/// serde_json's slice reader checks every string and key it reads on its
+/// own, which costs more than one pass over a body with a few dozen of
+/// them. What it accepts and the errors it gives are serde_json's own:
+/// text that is not UTF-8 goes to `from_slice` as it is.
+pub fn from_slice<'a, T: serde::Deserialize<'a>>(bytes: &'a [u8]) -> serde_json::Result<T> {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => serde_json::from_str(text),
+        Err(_) => serde_json::from_slice(bytes),
+    }
+}
+
 /// JSON's whitespace (RFC 8259), narrower than `u8::is_ascii_whitespace`,
 /// which takes the form feed too.
 pub fn is_ws(b: &u8) -> bool {
@@ -236,6 +248,36 @@ mod tests {
             assert_eq!(out, serde_json::to_vec(&value).unwrap(), "room {room}");
             assert!(out.capacity() >= room);
         }
+    }
+
+    #[test]
+    fn reading_a_slice_gives_what_serde_json_gives() {
+        use std::borrow::Cow;
+        #[derive(Debug, PartialEq, serde::Deserialize)]
+        struct Two<'a> {
+            #[serde(borrow)]
+            a: Cow<'a, str>,
+            b: u32,
+        }
+        let cases: [&[u8]; 7] = [
+            br#"{"a":"plain","b":1}"#,
+            br#"{"a":"esc\u00e9\n","b":2,"c":[1,{"d":null}]}"#,
+            "{\"a\":\"caf\u{e9} \u{1f600}\",\"b\":3}".as_bytes(),
+            // Not UTF-8 inside a string that is read, and inside one that is
+            // skipped (serde_json's slice reader lets the second pass).
+            b"{\"a\":\"\xff\",\"b\":4}",
+            b"{\"a\":\"x\",\"b\":5,\"skipped\":\"\xc3\x28\"}",
+            br#"{"a":"x","b":"six"}"#,
+            br#"{"a":"x","b":7"#,
+        ];
+        for bytes in cases {
+            let ours = from_slice::<Two<'_>>(bytes).map_err(|e| e.to_string());
+            let theirs = serde_json::from_slice::<Two<'_>>(bytes).map_err(|e| e.to_string());
+            assert_eq!(ours, theirs, "{}", String::from_utf8_lossy(bytes));
+        }
+        // A string without escapes is still borrowed from the text.
+        let two: Two<'_> = from_slice(br#"{"a":"plain","b":1}"#).unwrap();
+        assert!(matches!(two.a, Cow::Borrowed("plain")));
     }
 
     /// The check's verdict on a whole text: one value and nothing after.

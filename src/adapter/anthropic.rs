@@ -600,7 +600,7 @@ impl WireUsage {
 
 /// A whole Messages response → a completion.
 fn completion(body: &[u8]) -> Result<Completion, Failure> {
-    let response: MessageResponse<'_> = serde_json::from_slice(body)
+    let response: MessageResponse<'_> = crate::json::from_slice(body)
         .map_err(|e| Failure::protocol(format!("the response is not a Messages object: {e}")))?;
     if response.kind.as_deref() == Some("error") {
         return Err(super::in_band_failure(body));

@@ -1173,7 +1173,8 @@ fn malformed(what: &str, e: serde_json::Error) -> Failure {
 }
 
 fn v2_completion(body: &[u8]) -> Result<Completion, Failure> {
-    let r: V2Response<'_> = serde_json::from_slice(body).map_err(|e| malformed("the answer", e))?;
+    let r: V2Response<'_> =
+        crate::json::from_slice(body).map_err(|e| malformed("the answer", e))?;
     let reason = finish_reason(r.finish_reason.as_deref(), None)?;
     let mut content = r.message.tool_plan.map(Cow::into_owned).unwrap_or_default();
     for block in r.message.content.iter().flatten() {
@@ -1222,7 +1223,8 @@ fn v1_calls(generation: Option<&str>, calls: &[V1ToolCallIn<'_>], first: u32) ->
 }
 
 fn v1_completion(body: &[u8]) -> Result<Completion, Failure> {
-    let r: V1Response<'_> = serde_json::from_slice(body).map_err(|e| malformed("the answer", e))?;
+    let r: V1Response<'_> =
+        crate::json::from_slice(body).map_err(|e| malformed("the answer", e))?;
     let reason = finish_reason(r.finish_reason.as_deref(), None)?;
     let tool_calls = v1_calls(
         r.generation_id.as_deref(),
@@ -1239,7 +1241,7 @@ fn v1_completion(body: &[u8]) -> Result<Completion, Failure> {
 }
 
 fn embeddings(body: &[u8]) -> Result<Embeddings, Failure> {
-    let r: EmbedResponse = serde_json::from_slice(body).map_err(|e| malformed("the answer", e))?;
+    let r: EmbedResponse = crate::json::from_slice(body).map_err(|e| malformed("the answer", e))?;
     let vectors = r
         .embeddings
         .float
@@ -1258,7 +1260,7 @@ fn embeddings(body: &[u8]) -> Result<Embeddings, Failure> {
 /// Cohere's error body (or any common shape) → a failure. 498 (a deny-listed
 /// token in the request or answer) is the client's content: a 400.
 fn failure(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> Failure {
-    let (message, code) = match serde_json::from_slice::<ErrorBody>(body) {
+    let (message, code) = match crate::json::from_slice::<ErrorBody>(body) {
         Ok(e) => (e.message, None),
         Err(_) => super::error_message(body),
     };

@@ -93,7 +93,7 @@ impl Backend {
             );
         }
         let body = request.into_body();
-        let Ok(req) = serde_json::from_slice::<Value>(&body) else {
+        let Ok(req) = crate::json::from_slice::<Value>(&body) else {
             return error(
                 StatusCode::BAD_REQUEST,
                 "the demo backend got a body that is not JSON",

@@ -179,7 +179,7 @@ impl Adapter for GraphQl {
         _headers: &http::HeaderMap,
         body: Bytes,
     ) -> Result<Converted, Failure> {
-        let value: Value = serde_json::from_slice(&body)
+        let value: Value = crate::json::from_slice(&body)
             .map_err(|e| Failure::protocol(format!("the result is not JSON: {e}")))?;
         if !value.is_object() {
             return Err(Failure::protocol("the result is not a JSON object"));
@@ -200,7 +200,7 @@ impl Adapter for GraphQl {
     /// (the gateway's problem, not the client's): 502, never retried. Other
     /// statuses keep their meaning (401/403 credentials, 429 rate limits, 5xx).
     fn failure(&self, status: StatusCode, headers: &HeaderMap, body: &[u8]) -> Failure {
-        let parsed = serde_json::from_slice::<Value>(body)
+        let parsed = crate::json::from_slice::<Value>(body)
             .ok()
             .and_then(|v| first_error(&v));
         let (message, code) = parsed.unwrap_or_else(|| super::error_message(body));

@@ -223,7 +223,7 @@ pub fn error_message(body: &[u8]) -> (String, Option<String>) {
             _ => None,
         }
     }
-    if let Ok(shape) = serde_json::from_slice::<Shape>(body) {
+    if let Ok(shape) = crate::json::from_slice::<Shape>(body) {
         match &shape.error {
             Some(serde_json::Value::Object(e)) => {
                 let message = e

@@ -337,7 +337,7 @@ impl Adapter for Ollama {
             model: Option<String>,
             name: Option<String>,
         }
-        let tags: Tags = serde_json::from_slice(body)
+        let tags: Tags = crate::json::from_slice(body)
             .map_err(|e| Failure::protocol(format!("/api/tags is not Ollama's shape: {e}")))?;
         Ok(tags
             .models
@@ -663,7 +663,7 @@ impl ChatResponse<'_> {
 
 /// A whole `/api/chat` response.
 fn completion(body: &[u8], text: bool) -> Result<Completion, Failure> {
-    let response: ChatResponse<'_> = serde_json::from_slice(body).map_err(|e| {
+    let response: ChatResponse<'_> = crate::json::from_slice(body).map_err(|e| {
         Failure::protocol(format!("the response is not an Ollama chat response: {e}"))
     })?;
     if response.error.is_some_and(|e| e.get() != "null") {
@@ -699,7 +699,7 @@ fn embeddings(body: &[u8], expected: Option<usize>) -> Result<Embeddings, Failur
     let not_embed = |e: &dyn std::fmt::Display| {
         Failure::protocol(format!("the response is not an Ollama embed response: {e}"))
     };
-    let response: EmbedResponse<'_> = serde_json::from_slice(body).map_err(|e| not_embed(&e))?;
+    let response: EmbedResponse<'_> = crate::json::from_slice(body).map_err(|e| not_embed(&e))?;
     if response.error.is_some_and(|e| e.get() != "null") {
         return Err(super::in_band_failure(body));
     }

@@ -141,7 +141,7 @@ impl Adapter for OpenAi {
         struct Item {
             id: String,
         }
-        let list: List = serde_json::from_slice(body)
+        let list: List = crate::json::from_slice(body)
             .map_err(|e| Failure::protocol(format!("the model list is not OpenAI's shape: {e}")))?;
         Ok(list.data.into_iter().map(|m| m.id).collect())
     }
@@ -166,7 +166,7 @@ pub(super) fn usage_edit(
     match stream_options {
         Some(span) => {
             let mut options: serde_json::Map<String, serde_json::Value> =
-                serde_json::from_slice(&body[span.clone()]).unwrap_or_default();
+                crate::json::from_slice(&body[span.clone()]).unwrap_or_default();
             options.insert("include_usage".into(), serde_json::Value::Bool(true));
             let json = serde_json::to_vec(&options).unwrap_or_default();
             (span, Bytes::from(json))
@@ -241,7 +241,11 @@ struct Peek<'a> {
 }
 
 fn parse_usage(json: &[u8]) -> Option<Usage> {
-    plain_usage(json).or_else(|| serde_json::from_slice::<Option<Usage>>(json).ok().flatten())
+    plain_usage(json).or_else(|| {
+        crate::json::from_slice::<Option<Usage>>(json)
+            .ok()
+            .flatten()
+    })
 }
 
 /// The usual shape of usage, one object of plain counts beside nested
@@ -349,7 +353,7 @@ fn whole_response_spans(body: &[u8]) -> Result<[Option<Range<usize>>; 2], Failur
     if let Some(spans) = top_level_spans(body, [b"model", b"usage"]) {
         return Ok(spans);
     }
-    let peek: Peek<'_> = serde_json::from_slice(body)
+    let peek: Peek<'_> = crate::json::from_slice(body)
         .map_err(|e| Failure::protocol(format!("the response is not a JSON object: {e}")))?;
     let span = |raw: Option<&RawValue>| raw.map(|r| span_of(body, r));
     Ok([span(peek.model), span(peek.usage)])

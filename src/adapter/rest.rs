@@ -399,7 +399,7 @@ impl Adapter for Rest {
         let Some((answer, error)) = &self.answer else {
             return Err(Failure::protocol("no `response` is configured"));
         };
-        let value: Value = serde_json::from_slice(&body)
+        let value: Value = crate::json::from_slice(&body)
             .map_err(|e| Failure::protocol(format!("the answer is not JSON: {e}")))?;
         if let Some(e) = error
             .as_ref()

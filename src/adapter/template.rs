@@ -287,7 +287,7 @@ pub type Fields<'a> = HashMap<String, &'a RawValue>;
 
 /// Reads the top-level fields of a body already known to be a JSON object.
 fn fields(body: &[u8]) -> Fields<'_> {
-    serde_json::from_slice(body).unwrap_or_default()
+    crate::json::from_slice(body).unwrap_or_default()
 }
 
 /// Everything a template can be filled from, for one attempt.

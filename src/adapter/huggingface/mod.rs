@@ -578,7 +578,7 @@ impl HuggingFace {
     ) -> Result<UpstreamRequest, Error> {
         let req = ChatRequest::parse(Endpoint::Chat, body)?;
         req.refuse_unsupported(&self.provider, true)?;
-        let peek: MessagesPeek<'_> = serde_json::from_slice(body)
+        let peek: MessagesPeek<'_> = crate::json::from_slice(body)
             .map_err(|e| Error::invalid(format!("invalid request body: {e}")))?;
         let mut edits: Vec<(Range<usize>, Bytes)> =
             vec![(span_of(body, peek.model), json_string(model))];
@@ -623,7 +623,7 @@ impl HuggingFace {
         req.refuse_unsupported(provider, !inference)?;
         refuse_tools(&req, provider)?;
         if tracing::enabled!(tracing::Level::DEBUG) {
-            let dropped: Dropped<'_> = serde_json::from_slice(body).unwrap_or_default();
+            let dropped: Dropped<'_> = crate::json::from_slice(body).unwrap_or_default();
             if req.presence_penalty.is_some_and(|p| p != 0.0) {
                 tracing::debug!(provider, "presence_penalty has no TGI equivalent; dropped");
             }
@@ -903,7 +903,7 @@ impl Hints {
             #[serde(default)]
             echo: Option<bool>,
         }
-        let Ok(peek) = serde_json::from_slice::<Peek<'_>>(body) else {
+        let Ok(peek) = crate::json::from_slice::<Peek<'_>>(body) else {
             return Hints::default();
         };
         let mut echo = None;
@@ -959,7 +959,7 @@ fn generate_response(body: &[u8], hints: &Hints, prompt_tokens: u64) -> Result<C
     if let Some(failure) = body_error(body) {
         return Err(failure);
     }
-    let generated = match serde_json::from_slice::<GenerateBody<'_>>(body) {
+    let generated = match crate::json::from_slice::<GenerateBody<'_>>(body) {
         Ok(GenerateBody::One(g)) => g,
         Ok(GenerateBody::Many(many)) => many
             .into_iter()
@@ -1006,7 +1006,7 @@ fn tool_id_prefix(call: &Call) -> String {
 
 /// A whole Messages API answer.
 fn messages_response(body: &[u8], ids: &str) -> Result<Converted, Failure> {
-    let response: ChatResponse<'_> = serde_json::from_slice(body)
+    let response: ChatResponse<'_> = crate::json::from_slice(body)
         .map_err(|e| Failure::protocol(format!("the answer is not a chat completion: {e}")))?;
     if response.error.is_some_and(|e| e.get() != "null") {
         return Err(error_failure(Cause::InBand, body));
@@ -1064,7 +1064,7 @@ fn feature_response(request: &[u8], body: &[u8]) -> Result<Converted, Failure> {
                 .map(|t| t.iter().map(|s| s.len()).collect())
         })
         .unwrap_or_default();
-    let features: Features = serde_json::from_slice(body).map_err(|e| {
+    let features: Features = crate::json::from_slice(body).map_err(|e| {
         Failure::protocol(format!(
             "the answer is not a feature-extraction result: {e}"
         ))
@@ -1116,14 +1116,14 @@ fn body_error(body: &[u8]) -> Option<Failure> {
         #[serde(borrow, default)]
         error: Option<&'a RawValue>,
     }
-    let peek: Peek<'_> = serde_json::from_slice(body).ok()?;
+    let peek: Peek<'_> = crate::json::from_slice(body).ok()?;
     peek.error.filter(|e| e.get() != "null")?;
     Some(error_failure(Cause::InBand, body))
 }
 
 /// The message and code of a TGI or Inference API error body.
 fn read_error(body: &[u8]) -> Option<(String, Option<String>, Option<f64>)> {
-    let parsed: ErrorBody<'_> = serde_json::from_slice(body).ok()?;
+    let parsed: ErrorBody<'_> = crate::json::from_slice(body).ok()?;
     let (message, code) = match parsed.error? {
         ErrorField::Text(t) => (t.into_owned(), None),
         ErrorField::List(items) => (items.join("; "), None),
