@@ -664,7 +664,7 @@ impl Usage {
         Usage {
             prompt_tokens,
             completion_tokens,
-            total_tokens: prompt_tokens + completion_tokens,
+            total_tokens: prompt_tokens.saturating_add(completion_tokens),
         }
     }
 }
@@ -722,6 +722,13 @@ mod tests {
 
     fn parse(endpoint: Endpoint, body: &str) -> Result<RequestView, Error> {
         RequestView::parse(endpoint, body.as_bytes())
+    }
+
+    #[test]
+    fn a_total_beyond_what_a_count_holds_stays_at_the_most() {
+        // A backend's counts are not trusted to add up without overflow.
+        assert_eq!(Usage::new(u64::MAX, 7).total_tokens, u64::MAX);
+        assert_eq!(Usage::new(3, 4).total_tokens, 7);
     }
 
     #[test]

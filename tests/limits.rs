@@ -130,6 +130,18 @@ fn sized(max_tokens: u64) -> String {
 }
 
 #[tokio::test]
+async fn a_request_asking_for_every_token_is_refused_not_let_through() {
+    // The estimate is the prompt's tokens plus max_tokens: the largest
+    // max_tokens must not wrap it round to a few tokens under the limit.
+    let mock = exact_usage_mock().await;
+    let gw = Gateway::start(&config(&mock, "{tpm: 100}", ""));
+    let refused = post(&gw, KEY, sized(u64::MAX)).await;
+    assert_eq!(refused.status, 429, "{}", refused.text());
+    assert_eq!(mock.hits(), 0);
+    assert_eq!(post(&gw, KEY, sized(10)).await.status, 200);
+}
+
+#[tokio::test]
 async fn two_gateways_sharing_redis_enforce_one_combined_limit() {
     let Some(redis) = Redis::start() else { return };
     let mock = exact_usage_mock().await;

@@ -591,9 +591,11 @@ impl WireUsage {
 
     /// Prompt tokens are the whole input: uncached, written to and read from the cache.
     fn openai(self) -> Usage {
-        let prompt = self.input_tokens.unwrap_or(0)
-            + self.cache_creation_input_tokens.unwrap_or(0)
-            + self.cache_read_input_tokens.unwrap_or(0);
+        let prompt = self
+            .input_tokens
+            .unwrap_or(0)
+            .saturating_add(self.cache_creation_input_tokens.unwrap_or(0))
+            .saturating_add(self.cache_read_input_tokens.unwrap_or(0));
         Usage::new(prompt, self.output_tokens.unwrap_or(0))
     }
 }

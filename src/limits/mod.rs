@@ -619,7 +619,12 @@ fn estimate(call: &Call, completion_estimate: u64) -> u64 {
         Endpoint::Embeddings => 0,
         _ => call.view.max_tokens.unwrap_or(completion_estimate),
     };
-    (prompt + completion).max(1)
+    prompt.saturating_add(completion).max(1)
+}
+
+/// A count as a signed delta's operand; beyond `i64::MAX` it saturates.
+fn signed(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
 }
 
 fn denial(call: &Call, meta: &RuleMeta, state: RuleState, estimate: u64, now: u64) -> String {
@@ -769,7 +774,7 @@ impl Ticket {
 
     fn finish(&mut self, usage: Option<Usage>) -> Option<tokio::task::JoinHandle<()>> {
         let settle = self.settle.take()?;
-        let used = usage.map(|u| u.prompt_tokens + u.completion_tokens);
+        let used = usage.map(|u| u.prompt_tokens.saturating_add(u.completion_tokens));
         let charges: Vec<Charge> = settle
             .charges
             .into_iter()
@@ -783,13 +788,13 @@ impl Ticket {
                     key,
                     limit,
                     period_ms,
-                    delta: used as i64 - estimate as i64,
+                    delta: signed(used).saturating_sub(signed(estimate)),
                 }),
                 Pending::Lease { key, lease } => Some(Charge::Release { key, lease }),
                 Pending::Budget { key, ends_ms, cost } => {
                     let amount = match (usage, cost) {
                         (None, _) => 0,
-                        (Some(u), false) => u.prompt_tokens + u.completion_tokens,
+                        (Some(u), false) => u.prompt_tokens.saturating_add(u.completion_tokens),
                         (Some(u), true) => settle.price.map_or(0, |p| p.micros(u)),
                     };
                     (amount > 0).then_some(Charge::Spend {
