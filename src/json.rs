@@ -128,14 +128,24 @@ fn array_end(text: &[u8], at: usize, depth: u32) -> Option<usize> {
     }
 }
 
-/// The index just past the string that starts at `text[at]` (a `"`): no
-/// control characters, only the escapes JSON has.
+/// The index just past the string that starts at `text[at]`: no control
+/// characters, only the escapes JSON has. `None` if no string starts there.
 pub fn string_end(text: &[u8], at: usize) -> Option<usize> {
+    string(text, at).map(|(end, _)| end)
+}
+
+/// [`string_end`], and whether the string holds an escape.
+#[inline]
+pub fn string(text: &[u8], at: usize) -> Option<(usize, bool)> {
+    if text.get(at) != Some(&b'"') {
+        return None;
+    }
     let mut i = at + 1;
+    let mut escaped = false;
     loop {
         i += special(text.get(i..)?)?;
         match text[i] {
-            b'"' => return Some(i + 1),
+            b'"' => return Some((i + 1, escaped)),
             b'\\' => match *text.get(i + 1)? {
                 b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => i += 2,
                 b'u' if text.get(i + 2..i + 6)?.iter().all(u8::is_ascii_hexdigit) => i += 6,
@@ -143,7 +153,59 @@ pub fn string_end(text: &[u8], at: usize) -> Option<usize> {
             },
             _ => return None,
         }
+        escaped = true;
     }
+}
+
+/// The text of a string's inside (between its quotes, as [`string`] found
+/// it: its escapes are well formed) with the escapes replaced by what they
+/// stand for. `None` for a surrogate that is not half of a pair, which
+/// serde_json refuses.
+pub fn unescape(inner: &str) -> Option<String> {
+    let b = inner.as_bytes();
+    let mut out = String::with_capacity(b.len());
+    let mut from = 0;
+    while let Some(n) = memchr::memchr(b'\\', &b[from..]) {
+        let at = from + n;
+        out.push_str(&inner[from..at]);
+        let (c, len) = match *b.get(at + 1)? {
+            b'"' => ('"', 2),
+            b'\\' => ('\\', 2),
+            b'/' => ('/', 2),
+            b'b' => ('\u{8}', 2),
+            b'f' => ('\u{c}', 2),
+            b'n' => ('\n', 2),
+            b'r' => ('\r', 2),
+            b't' => ('\t', 2),
+            b'u' => match hex4(b.get(at + 2..at + 6)?)? {
+                high @ 0xD800..=0xDBFF => {
+                    if b.get(at + 6..at + 8)? != b"\\u" {
+                        return None;
+                    }
+                    let low = hex4(b.get(at + 8..at + 12)?)?;
+                    if !(0xDC00..=0xDFFF).contains(&low) {
+                        return None;
+                    }
+                    let c = 0x10000 + ((high - 0xD800) << 10) + (low - 0xDC00);
+                    (char::from_u32(c)?, 12)
+                }
+                // A low surrogate alone is no char.
+                c => (char::from_u32(c)?, 6),
+            },
+            _ => return None,
+        };
+        out.push(c);
+        from = at + len;
+    }
+    out.push_str(&inner[from..]);
+    Some(out)
+}
+
+/// Four hex digits' value.
+fn hex4(digits: &[u8]) -> Option<u32> {
+    digits
+        .iter()
+        .try_fold(0, |n, d| Some(n * 16 + char::from(*d).to_digit(16)?))
 }
 
 /// The first `"`, `\` or control character in `text`, eight bytes at a time.
@@ -385,6 +447,56 @@ mod tests {
         }
         // It must vouch for valid text, not only decline.
         assert!(valid > 1_000 && agreed == valid, "{agreed} of {valid}");
+    }
+
+    #[test]
+    fn unescaping_gives_what_serde_json_gives() {
+        let pieces = [
+            "a",
+            "\u{e9}",
+            "\u{1f600}",
+            r"\n",
+            r#"\""#,
+            r"\\",
+            r"\/",
+            r"\b",
+            r"\f",
+            r"\r",
+            r"\t",
+            r"\u0041",
+            r"\u00e9",
+            r"\u0000",
+            r"\ud83d\ude00",
+            r"\uD83D\uDE00",
+            r"\ud800",
+            r"\udc00",
+            r"\ud800\u0041",
+            r"\ud800\ud800\udc00",
+        ];
+        let mut checked = 0;
+        for a in pieces {
+            for b in pieces {
+                for c in pieces {
+                    let quoted = format!("\"{a}{b}{c}\"");
+                    let (end, escaped) = string(quoted.as_bytes(), 0).unwrap();
+                    assert_eq!(end, quoted.len());
+                    let inner = &quoted[1..end - 1];
+                    assert_eq!(escaped, inner.contains('\\'), "{quoted}");
+                    let serde = serde_json::from_str::<String>(&quoted).ok();
+                    assert_eq!(unescape(inner), serde, "{quoted}");
+                    checked += usize::from(serde.is_some());
+                }
+            }
+        }
+        assert!(checked > 4000, "only {checked} strings were valid");
+    }
+
+    #[test]
+    fn a_string_ends_only_where_one_started() {
+        assert_eq!(string_end(br#"x "ab\"c" y"#, 2), Some(9));
+        // Where no quote opens a string, its closing quote is no end.
+        assert_eq!(string_end(br#"x ab" y"#, 2), None);
+        assert_eq!(string_end(b"", 0), None);
     }
 
     #[test]

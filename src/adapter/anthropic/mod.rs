@@ -4,13 +4,16 @@
 //! developer messages are lifted into `system`, tool calls and tool results
 //! become `tool_use` and `tool_result` blocks, and consecutive turns of one
 //! role are merged, as the API wants strictly alternating turns. Answers come
-//! back as a [`Completion`] or, streamed, through [`MessageStream`], which
-//! turns Anthropic's named events into OpenAI chunks with a [`ChunkWriter`].
+//! back as a [`Completion`] (the usual answer read in one pass, see
+//! [`answer`]) or, streamed, through [`MessageStream`], which turns
+//! Anthropic's named events into OpenAI chunks with a [`ChunkWriter`].
 //!
 //! Errors use the common shape reader: Anthropic's
 //! `{"type":"error","error":{"type","message"}}` gives the message and the
 //! error type as code; 529 (overloaded) stays a status of its own, which the
 //! dispatcher treats like 429.
+
+mod answer;
 
 use std::borrow::Cow;
 
@@ -602,8 +605,17 @@ impl WireUsage {
 
 /// A whole Messages response → a completion.
 fn completion(body: &[u8]) -> Result<Completion, Failure> {
-    let response: MessageResponse<'_> = crate::json::from_slice(body)
-        .map_err(|e| Failure::protocol(format!("the response is not a Messages object: {e}")))?;
+    let response = match std::str::from_utf8(body).ok().and_then(answer::message) {
+        Some(response) => response,
+        None => crate::json::from_slice(body).map_err(|e| {
+            Failure::protocol(format!("the response is not a Messages object: {e}"))
+        })?,
+    };
+    read_answer(body, response)
+}
+
+/// The completion a Messages answer holds (`body` is its text, for errors).
+fn read_answer(body: &[u8], response: MessageResponse<'_>) -> Result<Completion, Failure> {
     if response.kind.as_deref() == Some("error") {
         return Err(super::in_band_failure(body));
     }
