@@ -432,6 +432,18 @@ pub enum FinishReason {
     ContentFilter,
 }
 
+impl FinishReason {
+    /// The name OpenAI gives it (as serde writes it).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+            FinishReason::ToolCalls => "tool_calls",
+            FinishReason::ContentFilter => "content_filter",
+        }
+    }
+}
+
 /// One tool call of an answer, arguments as JSON text.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ToolCallOut {

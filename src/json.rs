@@ -21,6 +21,46 @@ pub fn to_vec_sized<T: serde::Serialize + ?Sized>(
     Ok(out)
 }
 
+/// `text` as a JSON string, escaped as serde_json escapes it: `"`, `\` and
+/// control characters (`\n` and the like where JSON has a short form,
+/// `\u00XX` otherwise), everything else as it is. The runs between escapes
+/// are found eight bytes at a time and copied whole.
+pub fn write_str(out: &mut impl bytes::BufMut, text: &str) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let b = text.as_bytes();
+    out.put_u8(b'"');
+    let mut from = 0;
+    while let Some(n) = special(&b[from..]) {
+        let at = from + n;
+        out.put_slice(&b[from..at]);
+        match b[at] {
+            b'"' => out.put_slice(b"\\\""),
+            b'\\' => out.put_slice(b"\\\\"),
+            b'\n' => out.put_slice(b"\\n"),
+            b'\r' => out.put_slice(b"\\r"),
+            b'\t' => out.put_slice(b"\\t"),
+            0x08 => out.put_slice(b"\\b"),
+            0x0c => out.put_slice(b"\\f"),
+            c => out.put_slice(&[
+                b'\\',
+                b'u',
+                b'0',
+                b'0',
+                HEX[usize::from(c >> 4)],
+                HEX[usize::from(c & 0xf)],
+            ]),
+        }
+        from = at + 1;
+    }
+    out.put_slice(&b[from..]);
+    out.put_u8(b'"');
+}
+
+/// `n` in decimal.
+pub fn write_u64(out: &mut impl bytes::BufMut, n: u64) {
+    out.put_slice(itoa::Buffer::new().format(n).as_bytes());
+}
+
 /// `serde_json::from_slice`, with UTF-8 checked once for the whole text:
 /// serde_json's slice reader checks every string and key it reads on its
 /// own, which costs more than one pass over a body with a few dozen of
@@ -489,6 +529,30 @@ mod tests {
             }
         }
         assert!(checked > 4000, "only {checked} strings were valid");
+    }
+
+    #[test]
+    fn strings_are_written_as_serde_json_writes_them() {
+        let mut every_byte = String::new();
+        for c in (0u8..0x80).map(char::from) {
+            every_byte.push(c);
+        }
+        let texts = [
+            "",
+            "plain",
+            "a \"quoted\" \\ line\n",
+            "caf\u{e9} \u{1f600}\u{7f}\u{2028}",
+            &every_byte,
+            "\u{1f}\u{0}x\u{8}\u{c}",
+        ];
+        for text in texts {
+            let mut ours = Vec::new();
+            write_str(&mut ours, text);
+            assert_eq!(ours, serde_json::to_vec(text).unwrap(), "{text:?}");
+        }
+        let mut n = Vec::new();
+        write_u64(&mut n, u64::MAX);
+        assert_eq!(n, u64::MAX.to_string().as_bytes());
     }
 
     #[test]

@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::call::Call;
 use crate::chat::{Completion, Embeddings, FinishReason};
-use crate::json::to_vec_sized;
+use crate::json::{write_str, write_u64};
 use crate::openai::{Endpoint, SSE_DONE, Usage};
 
 /// Builds the events of one OpenAI stream, in order: role first, content and
@@ -288,7 +288,7 @@ impl ChunkWriter {
         if self.include_usage {
             out.put_slice(&self.head);
             out.put_slice(b"[],\"usage\":");
-            serde_json::to_writer(out.writer(), &usage.unwrap_or_default()).unwrap_or_default();
+            write_usage(out, usage.unwrap_or_default());
             out.put_slice(b"}\n\n");
         }
         out.put_slice(SSE_DONE);
@@ -301,104 +301,72 @@ impl ChunkWriter {
 
 // === whole responses ===
 
-#[derive(Serialize)]
-struct Response<'a, C> {
-    id: String,
-    object: &'static str,
-    created: u64,
-    model: &'a str,
-    choices: [C; 1],
-    usage: Usage,
-}
-
-#[derive(Serialize)]
-struct MessageChoice<'a> {
-    index: u32,
-    message: OutMessage<'a>,
-    logprobs: Option<()>,
-    finish_reason: FinishReason,
-}
-
-#[derive(Serialize)]
-struct OutMessage<'a> {
-    role: &'static str,
-    content: Option<&'a str>,
-    refusal: Option<()>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    tool_calls: Vec<OutToolCall<'a>>,
-}
-
-#[derive(Serialize)]
-struct OutToolCall<'a> {
-    id: &'a str,
-    #[serde(rename = "type")]
-    kind: &'static str,
-    function: OutFunction<'a>,
-}
-
-#[derive(Serialize)]
-struct OutFunction<'a> {
-    name: &'a str,
-    arguments: &'a str,
-}
-
 /// A `chat.completion` (or `text_completion`) body for a whole answer.
 pub fn render_completion(shape: &Shape<'_>, c: &Completion) -> Bytes {
-    let model = shape.model;
-    let content = c.content.as_deref().map_or(0, str::len);
-    let room = ANSWER_ROOM + content + model.len();
-    let json = if shape.text {
-        to_vec_sized(
-            &Response {
-                id: shape.id.clone(),
-                object: "text_completion",
-                created: now(),
-                model,
-                choices: [TextChoice {
-                    index: 0,
-                    text: c.content.as_deref().unwrap_or(""),
-                    logprobs: None,
-                    finish_reason: Some(c.finish_reason),
-                }],
-                usage: c.usage,
-            },
-            room,
-        )
+    Bytes::from(completion_at(shape, c, now()))
+}
+
+/// The body of [`render_completion`], created at `created`: written field
+/// by field, in the order and form serde would write OpenAI's shape (a
+/// test holds the two to the same bytes), without serde's passes over
+/// each string.
+fn completion_at(shape: &Shape<'_>, c: &Completion, created: u64) -> Vec<u8> {
+    let content = c.content.as_deref();
+    let mut out = Vec::with_capacity(ANSWER_ROOM + content.map_or(0, str::len) + shape.model.len());
+    out.put_slice(b"{\"id\":");
+    write_str(&mut out, &shape.id);
+    out.put_slice(if shape.text {
+        b",\"object\":\"text_completion\",\"created\":"
     } else {
-        to_vec_sized(
-            &Response {
-                id: shape.id.clone(),
-                object: "chat.completion",
-                created: now(),
-                model,
-                choices: [MessageChoice {
-                    index: 0,
-                    message: OutMessage {
-                        role: "assistant",
-                        content: c.content.as_deref(),
-                        refusal: None,
-                        tool_calls: c
-                            .tool_calls
-                            .iter()
-                            .map(|t| OutToolCall {
-                                id: &t.id,
-                                kind: "function",
-                                function: OutFunction {
-                                    name: &t.name,
-                                    arguments: &t.arguments,
-                                },
-                            })
-                            .collect(),
-                    },
-                    logprobs: None,
-                    finish_reason: c.finish_reason,
-                }],
-                usage: c.usage,
-            },
-            room,
-        )
-    };
-    Bytes::from(json.unwrap_or_default())
+        b",\"object\":\"chat.completion\",\"created\":"
+    });
+    write_u64(&mut out, created);
+    out.put_slice(b",\"model\":");
+    write_str(&mut out, shape.model);
+    if shape.text {
+        out.put_slice(b",\"choices\":[{\"index\":0,\"text\":");
+        write_str(&mut out, content.unwrap_or(""));
+    } else {
+        out.put_slice(
+            b",\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\",\"content\":",
+        );
+        match content {
+            Some(text) => write_str(&mut out, text),
+            None => out.put_slice(b"null"),
+        }
+        out.put_slice(b",\"refusal\":null");
+        for (i, call) in c.tool_calls.iter().enumerate() {
+            out.put_slice(if i == 0 { b",\"tool_calls\":[" } else { b"," });
+            out.put_slice(b"{\"id\":");
+            write_str(&mut out, &call.id);
+            out.put_slice(b",\"type\":\"function\",\"function\":{\"name\":");
+            write_str(&mut out, &call.name);
+            out.put_slice(b",\"arguments\":");
+            write_str(&mut out, &call.arguments);
+            out.put_slice(b"}}");
+        }
+        if !c.tool_calls.is_empty() {
+            out.put_u8(b']');
+        }
+        out.put_u8(b'}');
+    }
+    out.put_slice(b",\"logprobs\":null,\"finish_reason\":\"");
+    out.put_slice(c.finish_reason.as_str().as_bytes());
+    out.put_slice(b"\"}],\"usage\":");
+    write_usage(&mut out, c.usage);
+    out.put_u8(b'}');
+    out
+}
+
+/// `{"prompt_tokens":…,"completion_tokens":…,"total_tokens":…}`.
+fn write_usage(out: &mut impl BufMut, usage: Usage) {
+    out.put_slice(b"{\"prompt_tokens\":");
+    write_u64(out, usage.prompt_tokens);
+    out.put_slice(b",\"completion_tokens\":");
+    write_u64(out, usage.completion_tokens);
+    out.put_slice(b",\"total_tokens\":");
+    write_u64(out, usage.total_tokens);
+    out.put_u8(b'}');
 }
 
 /// Room for an answer's fixed fields, its id, usage and a tool call or two.
@@ -560,6 +528,156 @@ mod tests {
         assert_eq!(e[0]["object"], "text_completion");
         assert_eq!(e[0]["choices"][0]["text"], "Once");
         assert_eq!(e[1]["choices"][0]["finish_reason"], "length");
+    }
+
+    // What serde writes for OpenAI's shape of a whole answer: the bytes
+    // `completion_at` must give.
+
+    #[derive(Serialize)]
+    struct Response<'a, C> {
+        id: String,
+        object: &'static str,
+        created: u64,
+        model: &'a str,
+        choices: [C; 1],
+        usage: Usage,
+    }
+
+    #[derive(Serialize)]
+    struct MessageChoice<'a> {
+        index: u32,
+        message: OutMessage<'a>,
+        logprobs: Option<()>,
+        finish_reason: FinishReason,
+    }
+
+    #[derive(Serialize)]
+    struct OutMessage<'a> {
+        role: &'static str,
+        content: Option<&'a str>,
+        refusal: Option<()>,
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        tool_calls: Vec<OutToolCall<'a>>,
+    }
+
+    #[derive(Serialize)]
+    struct OutToolCall<'a> {
+        id: &'a str,
+        #[serde(rename = "type")]
+        kind: &'static str,
+        function: OutFunction<'a>,
+    }
+
+    #[derive(Serialize)]
+    struct OutFunction<'a> {
+        name: &'a str,
+        arguments: &'a str,
+    }
+
+    fn serde_completion(shape: &Shape<'_>, c: &Completion, created: u64) -> Vec<u8> {
+        let content = c.content.as_deref();
+        if shape.text {
+            return serde_json::to_vec(&Response {
+                id: shape.id.clone(),
+                object: "text_completion",
+                created,
+                model: shape.model,
+                choices: [TextChoice {
+                    index: 0,
+                    text: content.unwrap_or(""),
+                    logprobs: None,
+                    finish_reason: Some(c.finish_reason),
+                }],
+                usage: c.usage,
+            })
+            .unwrap();
+        }
+        serde_json::to_vec(&Response {
+            id: shape.id.clone(),
+            object: "chat.completion",
+            created,
+            model: shape.model,
+            choices: [MessageChoice {
+                index: 0,
+                message: OutMessage {
+                    role: "assistant",
+                    content,
+                    refusal: None,
+                    tool_calls: c
+                        .tool_calls
+                        .iter()
+                        .map(|t| OutToolCall {
+                            id: &t.id,
+                            kind: "function",
+                            function: OutFunction {
+                                name: &t.name,
+                                arguments: &t.arguments,
+                            },
+                        })
+                        .collect(),
+                },
+                logprobs: None,
+                finish_reason: c.finish_reason,
+            }],
+            usage: c.usage,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn a_whole_answer_is_written_as_serde_writes_it() {
+        let call = |id: &str, arguments: &str| ToolCallOut {
+            id: id.into(),
+            name: "get_weather".into(),
+            arguments: arguments.into(),
+        };
+        let reasons = [
+            FinishReason::Stop,
+            FinishReason::Length,
+            FinishReason::ToolCalls,
+            FinishReason::ContentFilter,
+        ];
+        let contents = [
+            None,
+            Some(""),
+            Some("Packets \"queue\"\\\n\u{1}caf\u{e9} \u{1f600}"),
+        ];
+        let tools = [
+            vec![],
+            vec![call("call_1", "{\"city\":\"Paris\"}")],
+            vec![call("call_1", "{}"), call("call\t2", "")],
+        ];
+        let mut n = 0;
+        for text in [false, true] {
+            let mut shape = shape(text, false);
+            shape.model = "team/\"quoted\"-model";
+            for (reason, content, tools) in every(&reasons, &contents, &tools) {
+                let c = Completion {
+                    content: content.map(str::to_owned),
+                    tool_calls: tools.clone(),
+                    finish_reason: *reason,
+                    usage: Usage::new(u64::MAX - 1, 7),
+                };
+                let ours = completion_at(&shape, &c, 1_760_000_000);
+                let serde = serde_completion(&shape, &c, 1_760_000_000);
+                assert_eq!(
+                    String::from_utf8(ours).unwrap(),
+                    String::from_utf8(serde).unwrap()
+                );
+                n += 1;
+            }
+        }
+        assert_eq!(n, 2 * 4 * 3 * 3);
+    }
+
+    /// Every combination of one item from each list.
+    fn every<'a, A, B, C>(
+        a: &'a [A],
+        b: &'a [B],
+        c: &'a [C],
+    ) -> impl Iterator<Item = (&'a A, &'a B, &'a C)> {
+        a.iter()
+            .flat_map(move |x| b.iter().flat_map(move |y| c.iter().map(move |z| (x, y, z))))
     }
 
     #[test]
