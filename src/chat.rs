@@ -104,13 +104,45 @@ pub struct Message<'a> {
 }
 
 /// Message content: a string, or an array of parts.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
+#[derive(Debug)]
 pub enum Content<'a> {
-    #[serde(borrow)]
     Text(Cow<'a, str>),
-    #[serde(borrow)]
     Parts(Vec<Part<'a>>),
+}
+
+/// Read by what the value is, a string or an array, rather than as an
+/// untagged enum, which serde reads by buffering the value and trying each
+/// variant on the copy.
+impl<'de: 'a, 'a> Deserialize<'de> for Content<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Either<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for Either<'a> {
+            type Value = Content<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string or an array of content parts")
+            }
+            fn visit_borrowed_str<E>(self, text: &'de str) -> Result<Content<'a>, E> {
+                Ok(Content::Text(Cow::Borrowed(text)))
+            }
+            fn visit_str<E>(self, text: &str) -> Result<Content<'a>, E> {
+                Ok(Content::Text(Cow::Owned(text.to_owned())))
+            }
+            fn visit_string<E>(self, text: String) -> Result<Content<'a>, E> {
+                Ok(Content::Text(Cow::Owned(text)))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Content<'a>, A::Error> {
+                let mut parts = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+                while let Some(part) = seq.next_element()? {
+                    parts.push(part);
+                }
+                Ok(Content::Parts(parts))
+            }
+        }
+        d.deserialize_any(Either(std::marker::PhantomData))
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -548,6 +580,37 @@ mod tests {
         assert_eq!(call.function.arguments_value()["city"], "Oslo");
         assert!(matches!(r.tool_choice, Some(ToolChoice::Named(_))));
         assert!(r.refuse_unsupported("p", false).is_ok());
+    }
+
+    #[test]
+    fn content_is_a_string_or_parts_and_nothing_else() {
+        let body = br#"{"model":"m","messages":[
+            {"role":"user","content":"plain"},
+            {"role":"user","content":"line\nbreak \u00e9"},
+            {"role":"user","content":[{"type":"text","text":"a"}]},
+            {"role":"user","content":null},
+            {"role":"user","content":[]}]}"#;
+        let r = ChatRequest::parse(Endpoint::Chat, body).unwrap();
+        let content: Vec<_> = r.messages.iter().map(|m| m.content.as_ref()).collect();
+        assert!(matches!(
+            content[0],
+            Some(Content::Text(Cow::Borrowed("plain")))
+        ));
+        assert!(
+            matches!(content[1], Some(Content::Text(Cow::Owned(t))) if t == "line\nbreak \u{e9}")
+        );
+        assert!(matches!(content[2], Some(Content::Parts(p)) if p.len() == 1));
+        assert!(content[3].is_none());
+        assert!(matches!(content[4], Some(Content::Parts(p)) if p.is_empty()));
+        for bad in ["5", "true", r#"{"text":"a"}"#] {
+            let body = format!(r#"{{"model":"m","messages":[{{"role":"user","content":{bad}}}]}}"#);
+            let e = ChatRequest::parse(Endpoint::Chat, body.as_bytes()).unwrap_err();
+            assert!(
+                e.to_string()
+                    .contains("expected a string or an array of content parts"),
+                "{bad}: {e}"
+            );
+        }
     }
 
     #[test]
