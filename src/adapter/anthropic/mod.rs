@@ -14,6 +14,7 @@
 //! dispatcher treats like 429.
 
 mod answer;
+mod request;
 
 use std::borrow::Cow;
 
@@ -134,6 +135,9 @@ impl Adapter for Anthropic {
 }
 
 // === wire types: request ===
+//
+// Their derived `Serialize` defines the JSON; `request.rs` writes the same
+// bytes without serde's passes over each string.
 
 #[derive(Debug, Serialize)]
 struct MessagesRequest<'a> {
@@ -314,6 +318,17 @@ impl Anthropic {
         model: &str,
     ) -> Result<(Bytes, bool), Error> {
         let request = ChatRequest::parse(endpoint, body)?;
+        let wire = self.wire(&request, model)?;
+        let json = wire.to_json(body.len() + super::TRANSLATED_ROOM);
+        Ok((Bytes::from(json), wire.stream))
+    }
+
+    /// The Messages request for a client's request.
+    fn wire<'a>(
+        &self,
+        request: &'a ChatRequest<'_>,
+        model: &'a str,
+    ) -> Result<MessagesRequest<'a>, Error> {
         request.refuse_unsupported(&self.provider, false)?;
         request.refuse_echo(&self.provider)?;
         let provider = &*self.provider;
@@ -335,14 +350,14 @@ impl Anthropic {
         let tool_choice = if tools.is_empty() {
             None
         } else {
-            tool_choice(&request)?
+            tool_choice(request)?
         };
-        let dropped = dropped_fields(&request, tools.is_empty());
+        let dropped = dropped_fields(request, tools.is_empty());
         if !dropped.is_empty() {
             tracing::debug!(provider, ?dropped, "fields the Messages API has no use for");
         }
 
-        let wire = MessagesRequest {
+        Ok(MessagesRequest {
             model,
             max_tokens: request.max_tokens().unwrap_or(self.default_max_tokens),
             system: request.system_text(),
@@ -358,10 +373,7 @@ impl Anthropic {
             tool_choice,
             metadata: request.user.as_deref().map(|user_id| Metadata { user_id }),
             stream: request.wants_stream(),
-        };
-        let json = crate::json::to_vec_sized(&wire, body.len() + super::TRANSLATED_ROOM)
-            .map_err(|e| Error::internal(format!("cannot write the Messages request: {e}")))?;
-        Ok((Bytes::from(json), wire.stream))
+        })
     }
 }
 
@@ -794,7 +806,7 @@ mod tests {
     use serde_json::{Value, json};
     use std::time::Duration;
 
-    fn adapter() -> Anthropic {
+    pub(super) fn adapter() -> Anthropic {
         Anthropic {
             provider: "claude".into(),
             messages: super::super::join(DEFAULT_BASE, "/v1/messages"),
