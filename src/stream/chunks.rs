@@ -168,30 +168,18 @@ impl ChunkWriter {
             return;
         }
         self.role(out);
+        // The chunk of every token, written by hand: the bytes serde writes
+        // for a `TextChoice` or a `ChatChoice` with only content (a test
+        // holds the two to the same bytes).
+        out.put_slice(&self.head);
         if self.text {
-            self.chunk(
-                out,
-                &TextChoice {
-                    index: 0,
-                    text,
-                    logprobs: None,
-                    finish_reason: None,
-                },
-            );
+            out.put_slice(b"[{\"index\":0,\"text\":");
+            write_str(out, text);
+            out.put_slice(b",\"logprobs\":null,\"finish_reason\":null}]}\n\n");
         } else {
-            let delta = Delta {
-                content: Some(text),
-                ..Default::default()
-            };
-            self.chunk(
-                out,
-                &ChatChoice {
-                    index: 0,
-                    delta,
-                    logprobs: None,
-                    finish_reason: None,
-                },
-            );
+            out.put_slice(b"[{\"index\":0,\"delta\":{\"content\":");
+            write_str(out, text);
+            out.put_slice(b"},\"logprobs\":null,\"finish_reason\":null}]}\n\n");
         }
     }
 
@@ -678,6 +666,41 @@ mod tests {
     ) -> impl Iterator<Item = (&'a A, &'a B, &'a C)> {
         a.iter()
             .flat_map(move |x| b.iter().flat_map(move |y| c.iter().map(move |z| (x, y, z))))
+    }
+
+    #[test]
+    fn a_content_chunk_is_what_serde_writes() {
+        for text_shape in [false, true] {
+            let mut writer = ChunkWriter::new(&shape(text_shape, false));
+            writer.role(&mut BytesMut::new());
+            for text in ["Hello", "a \"b\" \\ c\n\u{1}\u{1f600}"] {
+                let mut ours = BytesMut::new();
+                writer.content(&mut ours, text);
+                let mut serde = BytesMut::new();
+                if text_shape {
+                    let choice = TextChoice {
+                        index: 0,
+                        text,
+                        logprobs: None,
+                        finish_reason: None,
+                    };
+                    writer.chunk(&mut serde, &choice);
+                } else {
+                    let delta = Delta {
+                        content: Some(text),
+                        ..Default::default()
+                    };
+                    let choice = ChatChoice {
+                        index: 0,
+                        delta,
+                        logprobs: None,
+                        finish_reason: None,
+                    };
+                    writer.chunk(&mut serde, &choice);
+                }
+                assert_eq!(ours, serde, "{text:?}");
+            }
+        }
     }
 
     #[test]
