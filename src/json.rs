@@ -180,6 +180,25 @@ pub fn string(text: &[u8], at: usize) -> Option<(usize, bool)> {
     if text.get(at) != Some(&b'"') {
         return None;
     }
+    // Most strings (keys, roles, short values) close within the next
+    // eight bytes with nothing to escape: one word's test, done inline.
+    if let Some(word) = text.get(at + 1..at + 9)
+        && let Ok(word) = <[u8; 8]>::try_from(word)
+    {
+        let hits = special_bytes(u64::from_le_bytes(word));
+        if hits != 0 {
+            let i = at + 1 + (hits.trailing_zeros() / 8) as usize;
+            if text[i] == b'"' {
+                return Some((i + 1, false));
+            }
+        }
+    }
+    string_rest(text, at)
+}
+
+/// [`string`] for a string that starts at `text[at]`, whatever its length.
+#[inline(never)]
+fn string_rest(text: &[u8], at: usize) -> Option<(usize, bool)> {
     let mut i = at + 1;
     let mut escaped = false;
     loop {
@@ -251,12 +270,7 @@ fn hex4(digits: &[u8]) -> Option<u32> {
 /// The first `"`, `\` or control character in `text`, eight bytes at a time.
 #[inline]
 fn special(text: &[u8]) -> Option<usize> {
-    let found = scan_words(text, usize::MAX, |w| {
-        // Bytes under 0x20 get their high bit set the way zero bytes do.
-        zero_bytes(w ^ (ONES * u64::from(b'"')))
-            | zero_bytes(w ^ (ONES * u64::from(b'\\')))
-            | (w.wrapping_sub(ONES * 0x20) & !w & HIGH)
-    });
+    let found = scan_words(text, usize::MAX, special_bytes);
     match found {
         Ok(at) => Some(at),
         Err(i) => text[i..]
@@ -264,6 +278,16 @@ fn special(text: &[u8]) -> Option<usize> {
             .position(|&b| b == b'"' || b == b'\\' || b < 0x20)
             .map(|n| i + n),
     }
+}
+
+/// The high bit set in each byte of `w` that is `"`, `\` or a control
+/// character, exact at the lowest (as [`zero_bytes`] is).
+#[inline]
+fn special_bytes(w: u64) -> u64 {
+    // Bytes under 0x20 get their high bit set the way zero bytes do.
+    zero_bytes(w ^ (ONES * u64::from(b'"')))
+        | zero_bytes(w ^ (ONES * u64::from(b'\\')))
+        | (w.wrapping_sub(ONES * 0x20) & !w & HIGH)
 }
 
 pub const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
@@ -561,6 +585,17 @@ mod tests {
         // Where no quote opens a string, its closing quote is no end.
         assert_eq!(string_end(br#"x ab" y"#, 2), None);
         assert_eq!(string_end(b"", 0), None);
+        // Short strings, which one word's test settles, and longer ones.
+        let check = |text: &[u8], end| {
+            assert_eq!(string(text, 0), end, "{}", String::from_utf8_lossy(text));
+        };
+        check(b"\"ab\" x", Some((4, false)));
+        check(b"\"\" xxxxxxxx", Some((2, false)));
+        check(b"\"a\x01b\" xxxxxxx", None);
+        check(b"\"a\\\"b\" xxxxxx", Some((6, true)));
+        check(b"\"abcdefgh\" x", Some((10, false)));
+        check(b"\"abcdefghij\\n\"", Some((14, true)));
+        check(b"\"abcdefghij", None);
     }
 
     #[test]
