@@ -455,8 +455,7 @@ impl Content<'_> {
 // === what translating adapters answer ===
 
 /// Why generation stopped, in OpenAI's vocabulary.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FinishReason {
     Stop,
     Length,
@@ -465,7 +464,7 @@ pub enum FinishReason {
 }
 
 impl FinishReason {
-    /// The name OpenAI gives it (as serde writes it).
+    /// The name OpenAI gives it.
     pub fn as_str(self) -> &'static str {
         match self {
             FinishReason::Stop => "stop",
@@ -473,6 +472,12 @@ impl FinishReason {
             FinishReason::ToolCalls => "tool_calls",
             FinishReason::ContentFilter => "content_filter",
         }
+    }
+}
+
+impl Serialize for FinishReason {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
     }
 }
 

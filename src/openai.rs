@@ -636,16 +636,10 @@ pub fn splice(body: &[u8], span: Range<usize>, replacement: &[u8]) -> Bytes {
 /// A JSON string literal for `s`.
 pub fn json_string(s: &str) -> Bytes {
     // Model names seldom need an escape: then one allocation of the exact
-    // size (the serializer's buffer would be oversized, and its Bytes then
-    // needs a second allocation for the spare capacity).
-    if !s.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20) {
-        let mut out = Vec::with_capacity(s.len() + 2);
-        out.push(b'"');
-        out.extend_from_slice(s.as_bytes());
-        out.push(b'"');
-        return Bytes::from(out);
-    }
-    Bytes::from(serde_json::to_vec(s).unwrap_or_default())
+    // size, which `Bytes` takes over without a second one.
+    let mut out = Vec::with_capacity(s.len() + 2);
+    crate::json::write_str(&mut out, s);
+    Bytes::from(out)
 }
 
 /// Token counts in OpenAI's shape.

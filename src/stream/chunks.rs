@@ -108,19 +108,18 @@ impl<'a> Shape<'a> {
 impl ChunkWriter {
     pub fn new(shape: &Shape<'_>) -> Self {
         let text = shape.text;
-        let object = if text {
-            "text_completion"
-        } else {
-            "chat.completion.chunk"
-        };
         let mut head = Vec::with_capacity(128);
-        head.extend_from_slice(b"data: {\"id\":");
-        serde_json::to_writer(&mut head, &shape.id).unwrap_or_default();
-        head.extend_from_slice(
-            format!(",\"object\":\"{object}\",\"created\":{},\"model\":", now()).as_bytes(),
-        );
-        serde_json::to_writer(&mut head, shape.model).unwrap_or_default();
-        head.extend_from_slice(b",\"choices\":");
+        head.put_slice(b"data: {\"id\":");
+        write_str(&mut head, &shape.id);
+        head.put_slice(if text {
+            b",\"object\":\"text_completion\",\"created\":"
+        } else {
+            b",\"object\":\"chat.completion.chunk\",\"created\":"
+        });
+        write_u64(&mut head, now());
+        head.put_slice(b",\"model\":");
+        write_str(&mut head, shape.model);
+        head.put_slice(b",\"choices\":");
         ChunkWriter {
             head,
             text,
