@@ -103,7 +103,7 @@ fn blocks<'a>(text: &'a str, at: usize, out: &mut Vec<ContentBlock<'a>>) -> Opti
 }
 
 /// The token counts at `text[at]` into `usage`; the object's end.
-fn usage(b: &[u8], at: usize, usage: &mut WireUsage) -> Option<usize> {
+pub(super) fn usage(b: &[u8], at: usize, usage: &mut WireUsage) -> Option<usize> {
     if b.get(at) != Some(&b'{') {
         return None;
     }
@@ -126,11 +126,11 @@ fn usage(b: &[u8], at: usize, usage: &mut WireUsage) -> Option<usize> {
 
 /// Which of a few fields have been read.
 #[derive(Default)]
-struct Seen(u8);
+pub(super) struct Seen(u8);
 
 impl Seen {
     /// `None` when field `bit` was read before.
-    fn first(&mut self, bit: u8) -> Option<()> {
+    pub(super) fn first(&mut self, bit: u8) -> Option<()> {
         let mask = 1 << bit;
         if self.0 & mask != 0 {
             return None;
@@ -141,7 +141,7 @@ impl Seen {
 }
 
 /// A string without escapes at `text[at]`, and its end.
-fn plain(text: &str, at: usize) -> Option<(&str, usize)> {
+pub(super) fn plain(text: &str, at: usize) -> Option<(&str, usize)> {
     match string(text.as_bytes(), at)? {
         (end, false) => Some((&text[at + 1..end - 1], end)),
         (_, true) => None,
@@ -149,12 +149,12 @@ fn plain(text: &str, at: usize) -> Option<(&str, usize)> {
 }
 
 /// `null`'s end, when the value at `b[at]` is `null`.
-fn null_end(b: &[u8], at: usize) -> Option<usize> {
+pub(super) fn null_end(b: &[u8], at: usize) -> Option<usize> {
     b.get(at..at + 4).filter(|w| *w == b"null").map(|_| at + 4)
 }
 
 /// A string without escapes, or `null`, and its end.
-fn plain_or_null(text: &str, at: usize) -> Option<(Option<Cow<'_, str>>, usize)> {
+pub(super) fn plain_or_null(text: &str, at: usize) -> Option<(Option<Cow<'_, str>>, usize)> {
     if let Some(end) = null_end(text.as_bytes(), at) {
         return Some((None, end));
     }
@@ -163,7 +163,7 @@ fn plain_or_null(text: &str, at: usize) -> Option<(Option<Cow<'_, str>>, usize)>
 }
 
 /// A string, unescaped when it must be, or `null`, and its end.
-fn string_or_null(text: &str, at: usize) -> Option<(Option<Cow<'_, str>>, usize)> {
+pub(super) fn string_or_null(text: &str, at: usize) -> Option<(Option<Cow<'_, str>>, usize)> {
     if let Some(end) = null_end(text.as_bytes(), at) {
         return Some((None, end));
     }
@@ -178,7 +178,7 @@ fn string_or_null(text: &str, at: usize) -> Option<(Option<Cow<'_, str>>, usize)
 }
 
 /// A count (an integer that fits in a `u64`), or `null`, and its end.
-fn count_or_null(b: &[u8], at: usize) -> Option<(Option<u64>, usize)> {
+pub(super) fn count_or_null(b: &[u8], at: usize) -> Option<(Option<u64>, usize)> {
     if let Some(end) = null_end(b, at) {
         return Some((None, end));
     }
@@ -194,7 +194,7 @@ fn count_or_null(b: &[u8], at: usize) -> Option<(Option<u64>, usize)> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::super::read_answer;
     use super::*;
 
@@ -264,24 +264,27 @@ mod tests {
         // Every answer above with one byte dropped or replaced: where this
         // reader answers, serde must give the same answer.
         let mut read = 0;
-        for body in READ {
-            let body = body.as_bytes();
-            for i in 0..body.len() {
-                let mut variants = vec![[&body[..i], &body[i + 1..]].concat()];
-                for with in b"\"\\{}[],:0-.en \x01" {
-                    let mut v = body.to_vec();
-                    v[i] = *with;
-                    variants.push(v);
-                }
-                for v in variants {
-                    let (ours, serde) = both(&v);
-                    if let Some(ours) = ours {
-                        read += 1;
-                        assert_eq!(Ok(ours), serde, "{}", String::from_utf8_lossy(&v));
-                    }
-                }
+        for v in READ.iter().flat_map(|body| broken(body.as_bytes())) {
+            let (ours, serde) = both(&v);
+            if let Some(ours) = ours {
+                read += 1;
+                assert_eq!(Ok(ours), serde, "{}", String::from_utf8_lossy(&v));
             }
         }
         assert!(read > 1000, "only {read} variants were read");
+    }
+
+    /// `text` with each byte in turn dropped, or replaced by one that
+    /// matters to JSON.
+    pub(in super::super) fn broken(text: &[u8]) -> impl Iterator<Item = Vec<u8>> + '_ {
+        (0..text.len()).flat_map(move |i| {
+            let dropped = [&text[..i], &text[i + 1..]].concat();
+            let replaced = b"\"\\{}[],:0-.enu \x01".iter().map(move |&with| {
+                let mut v = text.to_vec();
+                v[i] = with;
+                v
+            });
+            std::iter::once(dropped).chain(replaced)
+        })
     }
 }

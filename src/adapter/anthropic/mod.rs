@@ -6,7 +6,8 @@
 //! role are merged, as the API wants strictly alternating turns. Answers come
 //! back as a [`Completion`] (the usual answer read in one pass, see
 //! [`answer`]) or, streamed, through [`MessageStream`], which turns
-//! Anthropic's named events into OpenAI chunks with a [`ChunkWriter`].
+//! Anthropic's named events into OpenAI chunks with a [`ChunkWriter`] (the
+//! per-token events read in one pass too, see [`event`]).
 //!
 //! Errors use the common shape reader: Anthropic's
 //! `{"type":"error","error":{"type","message"}}` gives the message and the
@@ -14,6 +15,7 @@
 //! dispatcher treats like 429.
 
 mod answer;
+mod event;
 mod request;
 
 use std::borrow::Cow;
@@ -708,8 +710,11 @@ impl StreamState {
         if event.event == "error" {
             return Err(super::in_band_failure(event.data.as_bytes()));
         }
-        let data: StreamEvent<'_> = serde_json::from_str(event.data)
-            .map_err(|e| Failure::protocol(format!("an event is not a Messages event: {e}")))?;
+        let data = match event::event(event.data) {
+            Some(data) => data,
+            None => serde_json::from_str(event.data)
+                .map_err(|e| Failure::protocol(format!("an event is not a Messages event: {e}")))?,
+        };
         match data.kind.as_ref() {
             "message_start" => {
                 self.writer.role(out);
