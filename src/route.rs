@@ -2,7 +2,6 @@
 //!
 //! Exact aliases win; otherwise wildcard aliases are tried in file order.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use globset::GlobMatcher;
@@ -57,7 +56,10 @@ struct Wildcard {
 /// Every alias of a snapshot.
 #[derive(Debug, Default)]
 pub struct Aliases {
-    exact: HashMap<Arc<str>, Arc<Alias>>,
+    /// hashbrown's hasher: every request looks its model up here, and std's
+    /// SipHash costs several times as much for a short name (the keys come
+    /// from the config, so there is no table for a client to flood).
+    exact: hashbrown::HashMap<Arc<str>, Arc<Alias>>,
     wildcards: Vec<Wildcard>,
     /// In file order, for listings.
     pub all: Vec<Arc<Alias>>,
