@@ -139,6 +139,50 @@ where
     }
 }
 
+/// [`whole`] that gives up at `deadline` (`None`).
+///
+/// Like tokio's `timeout_at`, except that the timer is made only when the
+/// body is not all there at the first poll. A small body usually is (a
+/// request's came with its head, an answer's with its status line), and
+/// making and dropping a timer, even one never armed, costs more than
+/// reading it.
+pub fn whole_by<B>(body: B, limit: usize, deadline: tokio::time::Instant) -> WholeBy<B>
+where
+    B: HttpBody<Data = Bytes> + Unpin,
+{
+    WholeBy {
+        whole: whole(body, limit),
+        deadline,
+        timer: None,
+    }
+}
+
+/// The future of [`whole_by`].
+pub struct WholeBy<B> {
+    whole: Whole<B>,
+    deadline: tokio::time::Instant,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<B> Future for WholeBy<B>
+where
+    B: HttpBody<Data = Bytes> + Unpin,
+{
+    type Output = Option<Result<Bytes, WholeError<B::Error>>>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        if let Poll::Ready(read) = Pin::new(&mut this.whole).poll(cx) {
+            return Poll::Ready(Some(read));
+        }
+        let deadline = this.deadline;
+        let timer = this
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        timer.as_mut().poll(cx).map(|()| None)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -178,6 +222,60 @@ mod tests {
             whole(Full::new(Bytes::from_static(b"123456")), 5).await,
             Err(WholeError::TooLarge)
         ));
+    }
+
+    /// A body whose one frame is there from the `ready_at`th poll on.
+    struct Late {
+        polls: usize,
+        ready_at: usize,
+        data: Option<Bytes>,
+    }
+
+    impl HttpBody for Late {
+        type Data = Bytes;
+        type Error = Infallible;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+            self.polls += 1;
+            if self.polls < self.ready_at {
+                return Poll::Pending;
+            }
+            Poll::Ready(self.data.take().map(|d| Ok(Frame::data(d))))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_deadline_ends_only_a_body_that_is_not_there() {
+        let waker = futures_util::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        let late = |ready_at| Late {
+            polls: 0,
+            ready_at,
+            data: Some(Bytes::from_static(b"{}")),
+        };
+        let past = tokio::time::Instant::now() - std::time::Duration::from_secs(1);
+        let later = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+
+        // There at once: read, although the deadline has passed.
+        let got = whole_by(late(1), 10, past).await;
+        assert_eq!(&got.unwrap().unwrap()[..], b"{}");
+
+        // Not there: the deadline ends the read.
+        let mut read = whole_by(late(2), 10, past);
+        assert!(matches!(
+            Pin::new(&mut read).poll(&mut cx),
+            Poll::Ready(None)
+        ));
+
+        // Not there at first, then there before the deadline.
+        let mut read = whole_by(late(2), 10, later);
+        assert!(Pin::new(&mut read).poll(&mut cx).is_pending());
+        match Pin::new(&mut read).poll(&mut cx) {
+            Poll::Ready(Some(Ok(b))) => assert_eq!(&b[..], b"{}"),
+            other => panic!("{:?}", other.map(|r| r.map(|r| r.is_ok()))),
+        }
     }
 
     #[tokio::test]

@@ -356,13 +356,14 @@ where
     B: HttpBody<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<BoxError>,
 {
-    let whole = crate::body::whole(body, usize::try_from(limit).unwrap_or(usize::MAX));
-    tokio::time::timeout_at(started + within, whole).map(move |read| body_read(read, limit, within))
+    let limit_bytes = usize::try_from(limit).unwrap_or(usize::MAX);
+    crate::body::whole_by(body, limit_bytes, started + within)
+        .map(move |read| body_read(read, limit, within))
 }
 
 /// What reading a request body came to.
 fn body_read<E: Into<BoxError>>(
-    read: Result<Result<Bytes, WholeError<E>>, tokio::time::error::Elapsed>,
+    read: Option<Result<Bytes, WholeError<E>>>,
     limit: u64,
     within: Duration,
 ) -> Result<Bytes, Error> {
@@ -376,13 +377,13 @@ fn body_read<E: Into<BoxError>>(
         e
     };
     match read {
-        Ok(Ok(bytes)) => Ok(bytes),
-        Ok(Err(WholeError::TooLarge)) => Err(too_large()),
-        Ok(Err(WholeError::Body(e))) => Err(Error::invalid(format!(
+        Some(Ok(bytes)) => Ok(bytes),
+        Some(Err(WholeError::TooLarge)) => Err(too_large()),
+        Some(Err(WholeError::Body(e))) => Err(Error::invalid(format!(
             "the request body could not be read: {}",
             e.into()
         ))),
-        Err(_) => {
+        None => {
             let mut e = Error::new(
                 Kind::ClientTimeout,
                 format!(

@@ -279,25 +279,24 @@ pub(crate) fn read_body(
     limit: usize,
     deadline: Instant,
 ) -> impl Future<Output = Result<Bytes, Failure>> {
-    tokio::time::timeout_at(deadline, crate::body::whole(body, limit))
-        .map(move |read| body_read(read, limit))
+    crate::body::whole_by(body, limit, deadline).map(move |read| body_read(read, limit))
 }
 
 /// What reading a backend's body came to.
 fn body_read(
-    read: Result<Result<Bytes, WholeError<BoxError>>, tokio::time::error::Elapsed>,
+    read: Option<Result<Bytes, WholeError<BoxError>>>,
     limit: usize,
 ) -> Result<Bytes, Failure> {
     match read {
-        Ok(Ok(bytes)) => Ok(bytes),
-        Ok(Err(WholeError::TooLarge)) => Err(Failure::protocol(format!(
+        Some(Ok(bytes)) => Ok(bytes),
+        Some(Err(WholeError::TooLarge)) => Err(Failure::protocol(format!(
             "the response is larger than {limit} bytes"
         ))),
-        Ok(Err(WholeError::Body(e))) => Err(Failure::protocol(format!(
+        Some(Err(WholeError::Body(e))) => Err(Failure::protocol(format!(
             "the response broke off: {}",
             error_chain(&*e)
         ))),
-        Err(_) => Err(Failure::new(
+        None => Err(Failure::new(
             Cause::TotalTimeout,
             "the request took longer than the total timeout",
         )),
