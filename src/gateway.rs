@@ -89,7 +89,10 @@ where
     let started = Instant::now();
     let request_id = request_id(request.headers());
     let snapshot = state.registry.load();
-    let mut record = Record::new(request_id.clone(), started);
+    // Boxed: the response carries the record to its last byte, and hyper
+    // moves the response several times (a 352-byte record made each move
+    // cost more than the allocation).
+    let mut record = Box::new(Record::new(request_id.clone(), started));
     let span = tracing::info_span!(
         "request",
         request_id = request_id.to_str().unwrap_or(""),
@@ -461,7 +464,7 @@ impl Record {
     }
 
     fn finish(
-        mut self,
+        mut self: Box<Self>,
         metrics: &Metrics,
         outcome: Option<crate::stream::StreamOutcome>,
         completed: bool,
@@ -541,12 +544,12 @@ impl Record {
 /// when the client goes away first.
 pub struct Observed {
     body: Body,
-    record: Option<Record>,
+    record: Option<Box<Record>>,
     state: Arc<State>,
 }
 
 impl Observed {
-    fn new(body: Body, record: Record, state: Arc<State>) -> Self {
+    fn new(body: Body, record: Box<Record>, state: Arc<State>) -> Self {
         Observed {
             body,
             record: Some(record),
