@@ -4,6 +4,8 @@
 //! serde_json, which decides and words the error. So the check may decline
 //! what is valid (deep nesting), but never accepts what serde_json refuses.
 
+use std::borrow::Cow;
+
 /// Nesting deeper than this below where a check starts is left to
 /// serde_json (whose limit is 128 in all; callers start at most a couple
 /// of levels down).
@@ -67,8 +69,18 @@ pub fn write_u64(out: &mut impl bytes::BufMut, n: u64) {
 /// them. What it accepts and the errors it gives are serde_json's own:
 /// text that is not UTF-8 goes to `from_slice` as it is.
 pub fn from_slice<'a, T: serde::Deserialize<'a>>(bytes: &'a [u8]) -> serde_json::Result<T> {
+    from_slice_or(bytes, |_| None)
+}
+
+/// [`from_slice`], trying `first` on the text before serde: a one-pass
+/// reader of a known shape, which says `None` for whatever it cannot vouch
+/// for (serde then reads it, and words any error).
+pub fn from_slice_or<'a, T: serde::Deserialize<'a>>(
+    bytes: &'a [u8],
+    first: impl FnOnce(&'a str) -> Option<T>,
+) -> serde_json::Result<T> {
     match std::str::from_utf8(bytes) {
-        Ok(text) => serde_json::from_str(text),
+        Ok(text) => first(text).map_or_else(|| serde_json::from_str(text), Ok),
         Err(_) => serde_json::from_slice(bytes),
     }
 }
@@ -258,6 +270,86 @@ pub fn unescape(inner: &str) -> Option<String> {
     }
     out.push_str(&inner[from..]);
     Some(out)
+}
+
+/// Which of a reader's fields have been read: serde refuses a repeated
+/// field, even when the first was `null`, so a one-pass reader must too.
+#[derive(Default)]
+pub struct Seen(u16);
+
+impl Seen {
+    /// `None` when field `bit` was read before.
+    pub fn first(&mut self, bit: u8) -> Option<()> {
+        let mask = 1 << bit;
+        if self.0 & mask != 0 {
+            return None;
+        }
+        self.0 |= mask;
+        Some(())
+    }
+}
+
+// Values read in place, for the one-pass readers of known shapes: each
+// says `None` for what serde would read differently or refuse, and the
+// reader then leaves the text to serde.
+
+/// `null`'s end, when the value at `b[at]` is `null`.
+pub fn null_end(b: &[u8], at: usize) -> Option<usize> {
+    b.get(at..at + 4).filter(|w| *w == b"null").map(|_| at + 4)
+}
+
+/// A string without escapes at `text[at]`, and its end.
+pub fn plain(text: &str, at: usize) -> Option<(&str, usize)> {
+    match string(text.as_bytes(), at)? {
+        (end, false) => Some((&text[at + 1..end - 1], end)),
+        (_, true) => None,
+    }
+}
+
+/// A string without escapes, or `null`, and its end.
+pub fn plain_or_null(text: &str, at: usize) -> Option<(Option<Cow<'_, str>>, usize)> {
+    if let Some(end) = null_end(text.as_bytes(), at) {
+        return Some((None, end));
+    }
+    let (value, end) = plain(text, at)?;
+    Some((Some(Cow::Borrowed(value)), end))
+}
+
+/// A string, unescaped when it must be, or `null`, and its end.
+pub fn string_or_null(text: &str, at: usize) -> Option<(Option<Cow<'_, str>>, usize)> {
+    if let Some(end) = null_end(text.as_bytes(), at) {
+        return Some((None, end));
+    }
+    let (end, escaped) = string(text.as_bytes(), at)?;
+    let inner = &text[at + 1..end - 1];
+    let value = if escaped {
+        Cow::Owned(unescape(inner)?)
+    } else {
+        Cow::Borrowed(inner)
+    };
+    Some((Some(value), end))
+}
+
+/// A count (an integer that fits in a `u64`), or `null`, and its end.
+pub fn count_or_null(b: &[u8], at: usize) -> Option<(Option<u64>, usize)> {
+    if let Some(end) = null_end(b, at) {
+        return Some((None, end));
+    }
+    let end = value_end(b, at)?;
+    Some((Some(count(&b[at..end])?), end))
+}
+
+/// A JSON number that is a non-negative integer, as serde reads a `u64`:
+/// digits without a leading zero, read in the one pass that checks them.
+pub fn count(text: &[u8]) -> Option<u64> {
+    match text {
+        [b'0'] => Some(0),
+        [b'1'..=b'9', ..] => text.iter().try_fold(0u64, |n, &b| {
+            let digit = b.checked_sub(b'0').filter(|d| *d <= 9)?;
+            n.checked_mul(10)?.checked_add(u64::from(digit))
+        }),
+        _ => None,
+    }
 }
 
 /// Four hex digits' value.

@@ -128,9 +128,7 @@ impl<'a> Fields<'a> {
     fn scan(text: &'a str) -> Option<Fields<'a>> {
         let b = text.as_bytes();
         let mut fields = Fields::default();
-        // Which fields have been seen: serde refuses a repeated one, even
-        // when the first was `null`.
-        let mut seen = 0u16;
+        let mut seen = crate::json::Seen::default();
         let start = skip_ws(b, 0);
         let end = crate::json::object_end(b, start, |key, at| {
             let (slot, bit) = match key {
@@ -146,10 +144,7 @@ impl<'a> Fields<'a> {
                 _ if key.contains(&b'\\') => return None,
                 _ => return crate::json::value_end(b, at),
             };
-            if seen & (1 << bit) != 0 {
-                return None;
-            }
-            seen |= 1 << bit;
+            seen.first(bit)?;
             let end = if key == b"messages" && b.get(at) == Some(&b'[') {
                 let (end, count) = scan_messages(b, at)?;
                 fields.message_count = Some(count);

@@ -258,26 +258,13 @@ fn plain_usage(json: &[u8]) -> Option<Usage> {
     )?;
     let count = |span: Option<Range<usize>>| match span {
         None => Some(0),
-        Some(span) => json_count(&json[span]),
+        Some(span) => crate::json::count(&json[span]),
     };
     Some(Usage {
         prompt_tokens: count(prompt)?,
         completion_tokens: count(completion)?,
         total_tokens: count(total)?,
     })
-}
-
-/// A JSON number that is a non-negative integer, as serde would read a `u64`:
-/// digits without a leading zero, read in the one pass that checks them.
-fn json_count(text: &[u8]) -> Option<u64> {
-    match text {
-        [b'0'] => Some(0),
-        [b'1'..=b'9', ..] => text.iter().try_fold(0u64, |n, &b| {
-            let digit = b.checked_sub(b'0').filter(|d| *d <= 9)?;
-            n.checked_mul(10)?.checked_add(u64::from(digit))
-        }),
-        _ => None,
-    }
 }
 
 /// Substring searches for the keys the shortcuts below look for. In a JSON
@@ -769,7 +756,7 @@ mod tests {
             "٣",
         ] {
             assert_eq!(
-                json_count(text.as_bytes()),
+                crate::json::count(text.as_bytes()),
                 serde_json::from_str::<u64>(text).ok(),
                 "{text}"
             );

@@ -619,12 +619,8 @@ impl WireUsage {
 
 /// A whole Messages response → a completion.
 fn completion(body: &[u8]) -> Result<Completion, Failure> {
-    // UTF-8 is checked once, for the one-pass reader and serde alike.
-    let response = match std::str::from_utf8(body) {
-        Ok(text) => answer::message(text).map_or_else(|| serde_json::from_str(text), Ok),
-        Err(_) => serde_json::from_slice(body),
-    }
-    .map_err(|e| Failure::protocol(format!("the response is not a Messages object: {e}")))?;
+    let response = crate::json::from_slice_or(body, answer::message)
+        .map_err(|e| Failure::protocol(format!("the response is not a Messages object: {e}")))?;
     read_answer(body, response)
 }
 
