@@ -38,7 +38,9 @@ for i, key in ipairs(KEYS) do
   elseif kind == 3 then
     if a > 0 then
       redis.call('INCRBY', key, a)
-      redis.call('PEXPIREAT', key, b + 86400000)
+      -- Kept a day past the period's end, counted from the gateway's clock
+      -- like every time here: Redis's own clock may disagree with it.
+      redis.call('PEXPIRE', key, math.max(b - now, 0) + 86400000)
     end
   end
 end
