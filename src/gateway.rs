@@ -102,8 +102,10 @@ where
 
     // Boxed: inline, the handler's future (about 1 KB) would be copied into
     // the span's wrapper and again whenever this future moves or is boxed.
-    let handled = Box::pin(handle(&state, snapshot, request, &mut record))
-        .instrument(span)
+    // The handler records fields on the span it is given: finding the
+    // current span costs more than the clone (nothing, when it is disabled).
+    let handled = Box::pin(handle(&state, snapshot, request, &mut record, &span))
+        .instrument(span.clone())
         .await;
     let mut response = match handled {
         Ok(response) => response,
@@ -124,6 +126,7 @@ async fn handle<B>(
     snapshot: Arc<Snapshot>,
     request: Request<B>,
     record: &mut Record,
+    span: &tracing::Span,
 ) -> Result<Response<Body>, Error>
 where
     B: HttpBody<Data = Bytes> + Send + Unpin + 'static,
@@ -152,7 +155,7 @@ where
 
     // 4. authenticate
     let caller = snapshot.keys.authenticate(request.headers())?;
-    tracing::Span::current().record("key", caller.label());
+    span.record("key", caller.label());
     record.key = Some(caller.clone());
 
     if endpoint == Endpoint::Models {
@@ -199,7 +202,7 @@ where
         .with_param("model")
     })?;
     record.model = Some(route.alias.name.clone());
-    tracing::Span::current().record("model", &*route.alias.name);
+    span.record("model", &*route.alias.name);
     if !caller.may_use(&view.model) {
         return Err(Error::new(
             Kind::ModelNotAllowed,
@@ -224,8 +227,14 @@ where
     }
 
     // 8. dispatch
+    // An alias asked for by its own name has its JSON string made already.
+    let model_json = if *view.model == *route.alias.name {
+        route.alias.name_json.clone()
+    } else {
+        json_string(&view.model)
+    };
     let call = Arc::new(Call {
-        model_json: json_string(&view.model),
+        model_json,
         snapshot,
         request_id: record.request_id.clone(),
         endpoint,
@@ -412,11 +421,11 @@ fn request_id(headers: &HeaderMap) -> HeaderValue {
             return v.clone();
         }
     }
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut id = [0u8; 32];
-    let mut n = fastrand::u128(..);
-    for digit in id.iter_mut().rev() {
-        *digit = b"0123456789abcdef"[(n & 15) as usize];
-        n >>= 4;
+    for (pair, byte) in id.chunks_exact_mut(2).zip(fastrand::u128(..).to_be_bytes()) {
+        pair[0] = HEX[usize::from(byte >> 4)];
+        pair[1] = HEX[usize::from(byte & 15)];
     }
     HeaderValue::from_bytes(&id).unwrap_or(HeaderValue::from_static("0"))
 }
@@ -435,6 +444,9 @@ struct Record {
     usage: Option<crate::openai::Usage>,
     error: Option<String>,
     first_byte: Option<Duration>,
+    /// When the body's last frame was handed over, if that was also its
+    /// first (a whole answer): then one clock read serves both.
+    ended: Option<Duration>,
     attempts: u32,
     /// Rate-limit charges to settle with the real usage.
     ticket: Option<Ticket>,
@@ -457,6 +469,7 @@ impl Record {
             usage: None,
             error: None,
             first_byte: None,
+            ended: None,
             attempts: 0,
             ticket: None,
             body: None,
@@ -469,7 +482,7 @@ impl Record {
         outcome: Option<crate::stream::StreamOutcome>,
         completed: bool,
     ) {
-        let elapsed = self.started.elapsed();
+        let elapsed = self.ended.unwrap_or_else(|| self.started.elapsed());
         if let Some(o) = outcome {
             self.usage = o.usage.or(self.usage);
             if o.error.is_some() {
@@ -577,7 +590,13 @@ impl HttpBody for Observed {
         match &polled {
             Poll::Ready(Some(frame)) => {
                 if let Some(r) = this.record.as_mut() {
-                    r.first_byte.get_or_insert_with(|| r.started.elapsed());
+                    if r.first_byte.is_none() {
+                        let at = r.started.elapsed();
+                        r.first_byte = Some(at);
+                        if this.body.is_end_stream() {
+                            r.ended = Some(at);
+                        }
+                    }
                     if let (Some(log), Some(data)) = (
                         r.body.as_mut(),
                         frame.as_ref().ok().and_then(|f| f.data_ref()),

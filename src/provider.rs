@@ -19,6 +19,10 @@ pub struct Provider {
     pub id_header: Option<HeaderValue>,
     /// This provider's `switchyard_inflight_requests` series.
     pub inflight: prometheus::IntGauge,
+    /// Its `switchyard_upstream_duration_seconds` series for status 200,
+    /// looked up once, when the first 200 comes (a lookup by labels hashes
+    /// them every time).
+    pub answered_ok: std::sync::OnceLock<prometheus::Histogram>,
     pub kind: String,
     pub adapter: Box<dyn Adapter>,
     pub transport: Transport,

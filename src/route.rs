@@ -2,8 +2,11 @@
 //!
 //! Exact aliases win; otherwise wildcard aliases are tried in file order.
 
+use std::fmt;
+use std::ops::Deref;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use globset::GlobMatcher;
 
 use tower::retry::budget::TpsBudget;
@@ -18,7 +21,7 @@ pub struct Target {
     pub provider: Arc<Provider>,
     /// The backend's model name; `None` means "what the client asked for"
     /// (for a wildcard, the part the `*` matched).
-    pub model: Option<Arc<str>>,
+    pub model: Option<ModelName>,
     /// The headers of this target's answers, made once.
     pub answer: AnswerHeaders,
     pub weight: u32,
@@ -26,11 +29,50 @@ pub struct Target {
     pub state: Arc<TargetState>,
 }
 
+/// A model name and its JSON string (quoted and escaped), made together
+/// when the config is compiled: bodies and answers splice the JSON form, and
+/// making it per request was an allocation and an escape scan each time.
+#[derive(Debug, Clone)]
+pub struct ModelName {
+    pub name: Arc<str>,
+    pub json: Bytes,
+}
+
+impl ModelName {
+    pub fn new(name: Arc<str>) -> Self {
+        let json = crate::openai::json_string(&name);
+        ModelName { name, json }
+    }
+}
+
+impl From<&str> for ModelName {
+    fn from(name: &str) -> Self {
+        ModelName::new(Arc::from(name))
+    }
+}
+
+impl Deref for ModelName {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.name
+    }
+}
+
+impl fmt::Display for ModelName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.name)
+    }
+}
+
 /// A name clients may send as `model`, or a wildcard pattern of names.
 #[derive(Debug)]
 pub struct Alias {
     /// The alias as written in the config; the `model` metric label.
     pub name: Arc<str>,
+    /// `name` as a JSON string: the `model` of answers to a client that
+    /// asked for the alias by that name.
+    pub name_json: Bytes,
     pub targets: Vec<Target>,
     pub wildcard: bool,
     /// Aliases tried in order when every target failed.
@@ -70,13 +112,17 @@ pub struct Aliases {
 pub struct Route {
     pub alias: Arc<Alias>,
     /// The backend model name for targets that do not name one.
-    pub default_model: Arc<str>,
+    pub default_model: ModelName,
 }
 
-impl Route {
-    /// The backend model a target should be sent.
-    pub fn model_for<'a>(&'a self, target: &'a Target) -> &'a str {
-        target.model.as_deref().unwrap_or(&self.default_model)
+impl Alias {
+    /// The alias's own name, as the backend model of targets that do not
+    /// name one.
+    pub fn model_name(&self) -> ModelName {
+        ModelName {
+            name: self.name.clone(),
+            json: self.name_json.clone(),
+        }
     }
 }
 
@@ -113,7 +159,7 @@ impl Aliases {
         if let Some(alias) = self.exact.get(model) {
             return Some(Route {
                 alias: alias.clone(),
-                default_model: alias.name.clone(),
+                default_model: alias.model_name(),
             });
         }
         let w = self.wildcards.iter().find(|w| w.matcher.is_match(model))?;
@@ -123,7 +169,7 @@ impl Aliases {
         };
         Some(Route {
             alias: w.alias.clone(),
-            default_model: Arc::from(captured),
+            default_model: ModelName::new(Arc::from(captured)),
         })
     }
 }

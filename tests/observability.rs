@@ -106,6 +106,20 @@ async fn metric_values_follow_known_traffic() {
         ),
         8.0
     );
+    // Each request's time covers its backend's: a whole answer's duration
+    // is read when its one frame is handed over, a stream's at its end.
+    let request_sum = metric_value(
+        &text,
+        "switchyard_request_duration_seconds_sum{endpoint=\"chat\",model=\"m\",provider=\"p\"}",
+    );
+    let upstream_sum = metric_value(
+        &text,
+        "switchyard_upstream_duration_seconds_sum{provider=\"p\",status=\"200\"}",
+    );
+    assert!(
+        upstream_sum > 0.0 && request_sum >= upstream_sum,
+        "request {request_sum} s, upstream {upstream_sum} s"
+    );
     assert_eq!(
         metric_value(&text, "switchyard_inflight_requests{provider=\"p\"}"),
         0.0

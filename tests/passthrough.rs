@@ -100,6 +100,32 @@ async fn the_request_id_is_kept_and_forwarded() {
 }
 
 #[tokio::test]
+async fn a_request_without_an_id_gets_a_fresh_one() {
+    let mock = Mock::openai().await;
+    let gw = Gateway::start(&config(&mock, ""));
+    let client = Client::new();
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let reply = client
+            .post(
+                &gw.url("/v1/chat/completions"),
+                &[],
+                chat("chat-default", false),
+            )
+            .await;
+        let id = reply.header("x-request-id").expect("an id").to_owned();
+        assert!(
+            id.len() == 32 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')),
+            "{id}"
+        );
+        // The backend sees the same id.
+        assert_eq!(mock.last().header("x-request-id"), Some(id.as_str()));
+        ids.push(id);
+    }
+    assert_ne!(ids[0], ids[1]);
+}
+
+#[tokio::test]
 async fn the_backend_gets_each_header_once_with_the_credential_winning() {
     let mock = Mock::openai().await;
     let gw = Gateway::start(&format!(
@@ -369,4 +395,36 @@ async fn mid_stream_errors_from_the_backend_are_relayed() {
     );
     assert_eq!(events.last().unwrap(), "[DONE]");
     let _ = mock::openai; // the default handler is used by other tests
+}
+
+#[tokio::test]
+async fn model_names_that_need_escaping_survive_both_ways() {
+    // An alias and a backend model whose JSON strings need escapes: both
+    // are made when the config is compiled and spliced into bodies.
+    let mock = Mock::openai().await;
+    let gw = Gateway::start(&format!(
+        "auth: {{required: false}}\n\
+         providers:\n  vllm:\n    type: openai\n    base_url: {}\n\
+         models:\n  'team \"a\" \\ chat':\n    targets: [{{provider: vllm, model: \"org/m\\\"odel\\\\é\"}}]\n",
+        mock.url("/v1")
+    ));
+    for stream in [false, true] {
+        let reply = Client::new()
+            .post(
+                &gw.url("/v1/chat/completions"),
+                &[],
+                chat("team \"a\" \\ chat", stream),
+            )
+            .await;
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        assert_eq!(mock.last().json()["model"], "org/m\"odel\\é");
+        let text = reply.text();
+        let answer: Value = if stream {
+            let first = text.lines().find_map(|l| l.strip_prefix("data: ")).unwrap();
+            serde_json::from_str(first).unwrap()
+        } else {
+            reply.json()
+        };
+        assert_eq!(answer["model"], "team \"a\" \\ chat", "{text}");
+    }
 }

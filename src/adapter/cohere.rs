@@ -31,6 +31,7 @@ use crate::chat::{
 use crate::config::{Path, Problem, raw};
 use crate::error::Error;
 use crate::openai::{Endpoint, Usage};
+use crate::route::ModelName;
 use crate::stream::chunks::{ChunkWriter, Shape};
 use crate::stream::sse::Event;
 use crate::stream::{Decoder, Framed, Handler};
@@ -509,7 +510,7 @@ impl Adapter for Cohere {
         )
     }
 
-    fn request(&self, call: &Call, model: &str) -> Result<UpstreamRequest, Error> {
+    fn request(&self, call: &Call, model: &ModelName) -> Result<UpstreamRequest, Error> {
         let (uri, body, stream) = match call.endpoint {
             Endpoint::Chat | Endpoint::Completions => {
                 let request = ChatRequest::parse(call.endpoint, &call.body)?;

@@ -18,6 +18,7 @@ use crate::call::Call;
 use crate::config::{Path, Problem, raw};
 use crate::error::Error;
 use crate::openai::Endpoint;
+use crate::route::ModelName;
 use crate::stream::Decoder;
 use crate::upstream::{Cause, Failure, truncate};
 
@@ -143,7 +144,7 @@ impl Adapter for GraphQl {
         matches!(endpoint, Endpoint::Chat | Endpoint::Completions)
     }
 
-    fn request(&self, call: &Call, model: &str) -> Result<UpstreamRequest, Error> {
+    fn request(&self, call: &Call, model: &ModelName) -> Result<UpstreamRequest, Error> {
         let mut body = Vec::with_capacity(self.head.len() + call.body.len() + 32);
         body.extend_from_slice(&self.head);
         if self.variables.is_some() {
@@ -278,7 +279,7 @@ mod tests {
             Endpoint::Chat,
             r#"{"model":"m","messages":[{"role":"user","content":"Hi"}],"max_tokens":256,"stream":true}"#,
         );
-        let r = p.adapter.request(&c, "internal-7b").unwrap();
+        let r = p.adapter.request(&c, &"internal-7b".into()).unwrap();
         assert_eq!(r.uri, "http://gql.test/graphql");
         assert!(
             !r.stream,
@@ -431,7 +432,7 @@ mod tests {
             Endpoint::Chat,
             r#"{"model":"m","messages":[{"role":"user","content":"Hi"}],"tools":[{"type":"function","function":{"name":"f"}}]}"#,
         );
-        let e = p.adapter.request(&c, "x").unwrap_err();
+        let e = p.adapter.request(&c, &"x".into()).unwrap_err();
         assert_eq!(e.param, Some("tools"));
         assert!(e.message.contains("provider p"), "{}", e.message);
         let (p, c) = call(
@@ -439,13 +440,16 @@ mod tests {
             Endpoint::Chat,
             r#"{"model":"m","messages":[{"role":"user","content":"Hi"}],"n":3}"#,
         );
-        assert_eq!(p.adapter.request(&c, "x").unwrap_err().param, Some("n"));
+        assert_eq!(
+            p.adapter.request(&c, &"x".into()).unwrap_err().param,
+            Some("n")
+        );
         let (p, c) = call(
             PROVIDER,
             Endpoint::Chat,
             r#"{"model":"m","messages":[{"role":"user","content":"Hi"}],"tools":[{"type":"function","function":{"name":"f"}}],"tool_choice":"none"}"#,
         );
-        assert!(p.adapter.request(&c, "x").is_ok());
+        assert!(p.adapter.request(&c, &"x".into()).is_ok());
         assert!(!p.adapter.supports(Endpoint::Embeddings));
     }
 

@@ -29,6 +29,7 @@ use crate::chat::{Completion, Embeddings};
 use crate::config::{Path, Problem, raw};
 use crate::error::Error;
 use crate::openai::{Endpoint, Usage};
+use crate::route::ModelName;
 use crate::stream::Decoder;
 use crate::upstream::{Cause, Failure, Transport, truncate};
 
@@ -38,7 +39,7 @@ pub trait Adapter: Send + Sync + Debug {
     fn supports(&self, endpoint: Endpoint) -> bool;
 
     /// The upstream request for one attempt, sending `model` as the backend model.
-    fn request(&self, call: &Call, model: &str) -> Result<UpstreamRequest, Error>;
+    fn request(&self, call: &Call, model: &ModelName) -> Result<UpstreamRequest, Error>;
 
     /// A whole successful upstream answer → the OpenAI response. `headers`
     /// are the backend's (TGI reports prompt tokens there).

@@ -18,9 +18,10 @@ use crate::config::{Path, Problem, raw};
 use crate::error::Error;
 
 use crate::openai::{
-    Endpoint, SSE_DONE, Usage, closing_member, final_brace, first_top_level, json_string,
-    leading_member, span_of, splice, top_level_spans, trim_ws_start,
+    Endpoint, SSE_DONE, Usage, closing_member, final_brace, first_top_level, leading_member,
+    span_of, splice, top_level_spans, trim_ws_start,
 };
+use crate::route::ModelName;
 use crate::stream::sse::Event;
 use crate::stream::{Decoder, Framed, Handler};
 use crate::upstream::Failure;
@@ -85,7 +86,7 @@ impl Adapter for OpenAi {
         )
     }
 
-    fn request(&self, call: &Call, model: &str) -> Result<UpstreamRequest, Error> {
+    fn request(&self, call: &Call, model: &ModelName) -> Result<UpstreamRequest, Error> {
         let uri = match call.endpoint {
             Endpoint::Chat => &self.chat,
             Endpoint::Completions => &self.completions,
@@ -95,8 +96,8 @@ impl Adapter for OpenAi {
         // At most two edits: no list to allocate for them.
         let mut edits: [(Range<usize>, Bytes); 2] = Default::default();
         let mut n = 0;
-        if call.view.model.as_ref() != model {
-            edits[n] = (call.view.model_span.clone(), json_string(model));
+        if *call.view.model != *model.name {
+            edits[n] = (call.view.model_span.clone(), model.json.clone());
             n += 1;
         }
         if self.asks_usage(call) {
@@ -512,6 +513,7 @@ fn has_finish_reason(choices: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::openai::json_string;
     use crate::upstream::Cause;
 
     fn pick(rng: &mut fastrand::Rng, items: &[&'static str]) -> &'static str {

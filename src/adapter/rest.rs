@@ -32,6 +32,7 @@ use crate::chat::{Completion, FinishReason};
 use crate::config::{Path, Problem, raw};
 use crate::error::Error;
 use crate::openai::{Endpoint, Usage};
+use crate::route::ModelName;
 use crate::stream::Decoder;
 use crate::stream::chunks::{ChunkWriter, Shape};
 use crate::stream::lines::{FrameError, MAX_LINE};
@@ -359,7 +360,7 @@ impl Adapter for Rest {
         matches!(endpoint, Endpoint::Chat | Endpoint::Completions)
     }
 
-    fn request(&self, call: &Call, model: &str) -> Result<UpstreamRequest, Error> {
+    fn request(&self, call: &Call, model: &ModelName) -> Result<UpstreamRequest, Error> {
         let stream = call.view.stream && self.stream.is_some();
         let mut body = Vec::with_capacity(call.body.len() + 256);
         self.coverage
@@ -742,7 +743,7 @@ mod tests {
     #[test]
     fn the_body_is_the_filled_template() {
         let (p, c) = call(NDJSON, Endpoint::Chat, CHAT);
-        let r = p.adapter.request(&c, "llama3").unwrap();
+        let r = p.adapter.request(&c, &"llama3".into()).unwrap();
         assert_eq!(r.uri, "http://api.test/generate");
         assert!(!r.stream);
         assert_eq!(r.headers["accept"], "application/json");
@@ -753,7 +754,7 @@ mod tests {
         );
         let streaming = CHAT.replace("\"seed\":7", "\"stream\":true");
         let (p, c) = call(NDJSON, Endpoint::Chat, &streaming);
-        let r = p.adapter.request(&c, "llama3").unwrap();
+        let r = p.adapter.request(&c, &"llama3".into()).unwrap();
         assert!(r.stream);
         assert_eq!(r.headers["accept"], "application/x-ndjson");
         let sent: Value = serde_json::from_slice(&r.body).unwrap();
@@ -907,7 +908,7 @@ mod tests {
     body: {prompt: "{{last_user_message}}", stream: "{{stream}}"}
     stream: {delta: /token, done: /done, completion_tokens: /count}"#;
         let (p, c) = call(ws, Endpoint::Chat, CHAT);
-        let r = p.adapter.request(&c, "x").unwrap();
+        let r = p.adapter.request(&c, &"x".into()).unwrap();
         assert!(r.headers.is_empty(), "a handshake carries no body headers");
         assert_eq!(
             serde_json::from_slice::<Value>(&r.body).unwrap(),

@@ -67,7 +67,7 @@ pub fn compile(raw: raw::Config, shared: &Shared) -> Result<Snapshot, Vec<Proble
                         provider: Arc::clone(p),
                         state: shared.health.target(&p.id, &label, metrics),
                         answer: AnswerHeaders::new(p.id_header.as_ref(), model.as_deref()),
-                        model,
+                        model: model.map(route::ModelName::new),
                         weight: t.weight,
                     })
                 }
@@ -118,6 +118,7 @@ pub fn compile(raw: raw::Config, shared: &Shared) -> Result<Snapshot, Vec<Proble
             limit_keys: RuleKeys::new(&format!("alias:{alias_name}")),
             price,
             budget: shared.budgets.budget(&alias_name, routing.budget),
+            name_json: crate::openai::json_string(&alias_name),
             name: alias_name,
             targets,
             wildcard,
@@ -562,6 +563,7 @@ fn provider(
     Some(Provider {
         id_header: HeaderValue::try_from(&*id).ok(),
         inflight: shared.metrics.inflight.with_label_values(&[&*id]),
+        answered_ok: Default::default(),
         id,
         kind: raw.kind.clone(),
         adapter: built.adapter,

@@ -21,7 +21,7 @@ use crate::headers::{X_ACCEL_BUFFERING, X_REQUEST_ID, X_SWITCHYARD_MODEL, X_SWIT
 use crate::metrics::{Inflight, Metrics};
 use crate::openai::Usage;
 use crate::provider::Provider;
-use crate::route::Target;
+use crate::route::{ModelName, Target};
 use crate::stream::Relay;
 use crate::stream::chunks::{Shape, render_completion, render_embeddings, synthesize};
 use crate::upstream::{BoxError, Cause, Failure, UpstreamBody, error_chain};
@@ -56,7 +56,7 @@ impl From<Failure> for AttemptError {
 pub async fn attempt(
     call: &Call,
     target: &Target,
-    model: &Arc<str>,
+    model: &ModelName,
     permit: Option<OwnedSemaphorePermit>,
     metrics: &Metrics,
     sent: Instant,
@@ -106,7 +106,18 @@ pub async fn attempt(
         }
     };
     let status = response.status();
-    sent_to(status.as_str());
+    if status == StatusCode::OK {
+        provider
+            .answered_ok
+            .get_or_init(|| {
+                metrics
+                    .upstream_duration
+                    .with_label_values(&[&provider.id, "200"])
+            })
+            .observe(sent.elapsed().as_secs_f64());
+    } else {
+        sent_to(status.as_str());
+    }
 
     let (head, body) = response.into_parts();
     if !status.is_success() {
@@ -148,7 +159,7 @@ pub async fn attempt(
     target.answer.put_model(response.headers_mut(), model);
     call.outcome().served = Some(Served {
         provider: provider.id.clone(),
-        model: model.clone(),
+        model: model.name.clone(),
         usage,
     });
     Ok(response)

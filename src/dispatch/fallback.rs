@@ -50,12 +50,12 @@ where
         Box::pin(async move {
             let primary = &call.route.alias;
             let mut fallbacks = primary.fallbacks.iter();
-            let (mut alias, mut default_model) = (primary, &call.route.default_model);
+            let (mut alias, mut default_model) = (primary, call.route.default_model.clone());
             loop {
                 alias.budget.deposit();
                 let attempt = Attempt {
                     alias: alias.clone(),
-                    default_model: default_model.clone(),
+                    default_model,
                     tried: Vec::new(),
                     call: call.clone(),
                 };
@@ -75,7 +75,7 @@ where
                     .with_label_values(&[&alias.name, &next.name])
                     .inc();
                 tracing::info!(from = %alias.name, to = %next.name, "every target failed; falling back");
-                (alias, default_model) = (next, &next.name);
+                (alias, default_model) = (next, next.model_name());
             }
         })
     }

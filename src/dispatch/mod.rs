@@ -39,7 +39,7 @@ use crate::error::Error;
 use crate::limits::layer::Admit;
 use crate::provider::Provider;
 use crate::registry::Shared;
-use crate::route::Alias;
+use crate::route::{Alias, ModelName};
 use crate::upstream::Failure;
 
 /// One alias's share of a request, as it goes down the stack.
@@ -49,7 +49,7 @@ pub struct Attempt {
     /// The alias being served: the client's, or a fallback.
     pub alias: Arc<Alias>,
     /// The backend model for targets that name none.
-    pub default_model: Arc<str>,
+    pub default_model: ModelName,
     /// Targets of this alias already tried by this request.
     pub tried: Vec<usize>,
 }

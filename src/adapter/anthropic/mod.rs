@@ -34,6 +34,7 @@ use crate::chat::{
 use crate::config::{Path, Problem, raw};
 use crate::error::Error;
 use crate::openai::{Endpoint, Usage};
+use crate::route::ModelName;
 use crate::stream::chunks::{ChunkWriter, Shape};
 use crate::stream::{Decoder, Framed, Handler, sse::Event};
 use crate::upstream::Failure;
@@ -109,7 +110,7 @@ impl Adapter for Anthropic {
         matches!(endpoint, Endpoint::Chat | Endpoint::Completions)
     }
 
-    fn request(&self, call: &Call, model: &str) -> Result<UpstreamRequest, Error> {
+    fn request(&self, call: &Call, model: &ModelName) -> Result<UpstreamRequest, Error> {
         let (body, stream) = self.translate(call.endpoint, &call.body, model)?;
         let mut headers = HeaderMap::with_capacity(1);
         headers.insert("anthropic-version", self.version.clone());

@@ -40,6 +40,7 @@ use crate::chat::{
 use crate::config::{Path, Problem, raw};
 use crate::error::Error;
 use crate::openai::{Endpoint, Usage, json_string, span_of};
+use crate::route::ModelName;
 use crate::stream::chunks::{ChunkWriter, Shape};
 use crate::stream::sse::Event;
 use crate::stream::{Decoder, Framed, Handler};
@@ -239,7 +240,7 @@ impl Adapter for HuggingFace {
         }
     }
 
-    fn request(&self, call: &Call, model: &str) -> Result<UpstreamRequest, Error> {
+    fn request(&self, call: &Call, model: &ModelName) -> Result<UpstreamRequest, Error> {
         match (self.api, call.endpoint) {
             (Api::Inference, Endpoint::Embeddings) => self.embed_request(&call.body, model),
             (Api::Messages, Endpoint::Chat) => {
