@@ -45,16 +45,19 @@ impl Provider {
     /// Sends `request` to this backend with what goes beside its own
     /// headers: the dialect's `fixed` ones, this provider's stamp
     /// (configured headers, credential, user agent) and the request id.
+    /// A successful answer's headers are kept when `answer_headers` asks.
     pub fn send<'a>(
         &'a self,
         request: Request<Bytes>,
         fixed: &'static [(HeaderName, HeaderValue)],
         request_id: Option<&'a HeaderValue>,
+        answer_headers: bool,
     ) -> impl Future<Output = Result<Response<UpstreamBody>, Failure>> + 'a {
         let added = Added {
             fixed,
             stamp: &self.stamp,
             request_id,
+            answer_headers,
         };
         self.transport.send(request, added)
     }
@@ -68,6 +71,6 @@ impl Provider {
         let mut request = Request::new(Bytes::new());
         *request.method_mut() = Method::GET;
         *request.uri_mut() = uri;
-        self.send(request, &[], None)
+        self.send(request, &[], None, true)
     }
 }

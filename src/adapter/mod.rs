@@ -42,9 +42,17 @@ pub trait Adapter: Send + Sync + Debug {
     fn request(&self, call: &Call, model: &ModelName) -> Result<UpstreamRequest, Error>;
 
     /// A whole successful upstream answer → the OpenAI response. `headers`
-    /// are the backend's (TGI reports prompt tokens there).
+    /// are the backend's (TGI reports prompt tokens there) when
+    /// [`Adapter::reads_answer_headers`] says so, else possibly empty.
     fn response(&self, call: &Call, headers: &HeaderMap, body: Bytes)
     -> Result<Converted, Failure>;
+
+    /// Whether [`Adapter::response`] reads the answer's headers. When not,
+    /// the transport may leave a successful answer's header map empty: making
+    /// it is a good part of reading a response head.
+    fn reads_answer_headers(&self) -> bool {
+        false
+    }
 
     /// A fresh decoder for one streamed upstream response.
     fn decoder(&self, call: &Call) -> Box<dyn Decoder>;

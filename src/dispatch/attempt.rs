@@ -81,7 +81,12 @@ pub async fn attempt(
             .observe(sent.elapsed().as_secs_f64());
     };
     // Inline: the send (0.7 KB) fits in the room reading a body takes.
-    let send = provider.send(request, fixed, Some(&call.request_id));
+    let send = provider.send(
+        request,
+        fixed,
+        Some(&call.request_id),
+        provider.adapter.reads_answer_headers(),
+    );
     let response = match tokio::time::timeout_at(first_byte, send).await {
         Ok(Ok(response)) => response,
         Ok(Err(failure)) => {

@@ -23,7 +23,7 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{CONNECTION, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
+use http::header::HOST;
 use http::uri::Authority;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
 use http_body::{Frame, SizeHint};
@@ -108,7 +108,11 @@ impl Pool {
             .into_parts()
             .authority
             .ok_or_else(|| Failure::new(Cause::Connect, "the backend URL has no host"));
-        self.exchange(authority, head, body, parts.method == Method::HEAD)
+        let reading = Reading {
+            head_request: parts.method == Method::HEAD,
+            headers: added.answer_headers,
+        };
+        self.exchange(authority, head, body, reading)
     }
 
     async fn exchange(
@@ -116,7 +120,7 @@ impl Pool {
         authority: Result<Authority, Failure>,
         head: Vec<u8>,
         body: Bytes,
-        head_request: bool,
+        reading: Reading,
     ) -> Result<Response<Body>, Failure> {
         let authority = &authority?;
         let mut pooled = true;
@@ -128,7 +132,7 @@ impl Pool {
                     Box::pin(self.connect(authority)).await?
                 }
             };
-            match exchange(conn, &head, &body, head_request).await {
+            match exchange(conn, &head, &body, reading).await {
                 Ok((answer, conn)) => {
                     let mut body = Body {
                         conn: Some(conn),
@@ -311,12 +315,12 @@ async fn exchange(
     mut conn: Conn,
     head: &[u8],
     body: &[u8],
-    head_request: bool,
+    reading: Reading,
 ) -> Result<(Head, Conn), SendError> {
     if let Err(e) = conn.write_all(head, body).await {
         // A backend may answer (413, say) and close before reading a large
         // body: its answer is worth more than the write error.
-        return match read_head(&mut conn, head_request).await {
+        return match read_head(&mut conn, reading).await {
             Ok(answer) => Ok((
                 Head {
                     keep_alive: false,
@@ -327,17 +331,17 @@ async fn exchange(
             Err(_) => Err(SendError::io("sending the request", e, true)),
         };
     }
-    let answer = read_head(&mut conn, head_request).await?;
+    let answer = read_head(&mut conn, reading).await?;
     Ok((answer, conn))
 }
 
 /// Reads and parses the response head, skipping informational answers.
-async fn read_head(conn: &mut Conn, head_request: bool) -> Result<Head, SendError> {
+async fn read_head(conn: &mut Conn, reading: Reading) -> Result<Head, SendError> {
     let mut received = false;
     loop {
         if !conn.buf.is_empty() {
             received = true;
-            match parse_head(&mut conn.buf, head_request)? {
+            match parse_head(&mut conn.buf, reading)? {
                 Parsed::Informational => continue,
                 Parsed::Head(answer) => return Ok(answer),
                 Parsed::Partial if conn.buf.len() > MAX_HEAD => {
@@ -377,7 +381,18 @@ enum Parsed {
 }
 
 /// Parses a complete head at the start of `buf` and consumes it.
-fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Parsed, SendError> {
+/// What a request wants of its answer's head.
+#[derive(Debug, Clone, Copy)]
+struct Reading {
+    /// The request was a HEAD: the answer has no body, whatever it says.
+    head_request: bool,
+    /// A successful answer's headers go into its header map. When not, only
+    /// the framing is read from them, without making a name or value of
+    /// each (an unsuccessful answer's headers are always kept: retry hints).
+    headers: bool,
+}
+
+fn parse_head(buf: &mut BytesMut, reading: Reading) -> Result<Parsed, SendError> {
     // Where each header's name and value sit in `buf`. httparse fills only
     // the slots it uses: nothing zeroes a hundred of them per response.
     let mut spans = Vec::new();
@@ -419,17 +434,26 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Parsed, SendErro
         return Ok(Parsed::Informational);
     }
     let raw = buf.split_to(len).freeze();
-    let mut headers = HeaderMap::with_capacity(spans.len());
+    let mut headers = HeaderMap::new();
     let mut delimiters = Delimiters::default();
-    for (name, value) in spans {
-        let name = HeaderName::from_bytes(&raw[name])
-            .map_err(|_| SendError::protocol("the backend sent an invalid header name"))?;
-        let value = HeaderValue::from_maybe_shared(raw.slice(value))
-            .map_err(|_| SendError::protocol("the backend sent an invalid header value"))?;
-        delimiters.read(&name, &value);
-        // Spent on the framing: nothing else reads them from the map.
-        if !super::stamp::hop_by_hop(&name) {
-            headers.append(name, value);
+    if reading.headers || !status.is_success() {
+        headers.reserve(spans.len());
+        for (name, value) in spans {
+            let name = HeaderName::from_bytes(&raw[name])
+                .map_err(|_| SendError::protocol("the backend sent an invalid header name"))?;
+            let value = HeaderValue::from_maybe_shared(raw.slice(value))
+                .map_err(|_| SendError::protocol("the backend sent an invalid header value"))?;
+            delimiters.read(name.as_str().as_bytes(), value.as_bytes());
+            // Spent on the framing: nothing else reads them from the map.
+            if !super::stamp::hop_by_hop(&name) {
+                headers.append(name, value);
+            }
+        }
+    } else {
+        // httparse has checked the names are tokens and the values hold no
+        // control characters: the framing is all there is to read.
+        for (name, value) in spans {
+            delimiters.read(&raw[name], &raw[value]);
         }
     }
 
@@ -438,7 +462,7 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Parsed, SendErro
     } else {
         Version::HTTP_11
     };
-    let framing = delimiters.framing(status, head_request)?;
+    let framing = delimiters.framing(status, reading.head_request)?;
     let keep_alive =
         version == Version::HTTP_11 && !delimiters.close && !matches!(framing, Framing::UntilClose);
     let mut response = Response::new(());
@@ -466,16 +490,16 @@ struct Delimiters {
 }
 
 impl Delimiters {
-    fn read(&mut self, name: &HeaderName, value: &HeaderValue) {
-        let value = value.as_bytes();
-        if name == CONNECTION {
+    /// Reads one header; `name` in any case.
+    fn read(&mut self, name: &[u8], value: &[u8]) {
+        if name.eq_ignore_ascii_case(b"connection") {
             self.close |= value
                 .split(|&b| b == b',')
                 .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"));
-        } else if name == TRANSFER_ENCODING {
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
             let last = value.rsplit(|&b| b == b',').next().unwrap_or_default();
             self.chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-        } else if name == CONTENT_LENGTH {
+        } else if name.eq_ignore_ascii_case(b"content-length") {
             for part in value.split(|&b| b == b',') {
                 let Some(n) = std::str::from_utf8(part.trim_ascii())
                     .ok()
@@ -1199,6 +1223,7 @@ mod tests {
             fixed: &FIXED,
             stamp: &stamp,
             request_id: Some(&id),
+            answer_headers: true,
         };
         let request = Request::post("http://backend:8000/v1/chat/completions")
             .header("anthropic-version", "2023-06-01")
@@ -1235,10 +1260,7 @@ mod tests {
         let frame = |headers: &[(&str, &str)], status: u16, head: bool| {
             let mut d = Delimiters::default();
             for (n, v) in headers {
-                d.read(
-                    &HeaderName::from_bytes(n.as_bytes()).unwrap(),
-                    &HeaderValue::from_str(v).unwrap(),
-                );
+                d.read(n.as_bytes(), v.as_bytes());
             }
             let status = StatusCode::from_u16(status).unwrap();
             (
@@ -1248,8 +1270,9 @@ mod tests {
         };
         let ok = |f: Framing| (Ok(f), false);
         let chunked = Framing::Chunked(Chunked::Size);
-        let cl = "content-length";
-        let te = "transfer-encoding";
+        // Names come as the backend wrote them when no map is made.
+        let cl = "Content-Length";
+        let te = "transfer-Encoding";
         assert_eq!(frame(&[(cl, "5")], 200, false), ok(Framing::Length(5)));
         assert_eq!(
             frame(&[(cl, "5, 5"), (cl, "5")], 200, false),
@@ -1277,11 +1300,57 @@ mod tests {
         let conflict = frame(&[(cl, "5, 6")], 200, false).0;
         assert!(conflict.unwrap_err().contains("conflicting"));
         let close = frame(
-            &[("connection", "keep-alive, Close"), (cl, "1")],
+            &[("CONNECTION", "keep-alive, Close"), (cl, "1")],
             200,
             false,
         );
         assert_eq!(close, (Ok(Framing::Length(1)), true));
+    }
+
+    const ALL: Reading = Reading {
+        head_request: false,
+        headers: true,
+    };
+
+    #[test]
+    fn a_successful_answer_s_headers_are_kept_only_when_wanted() {
+        let parse = |text: &str, headers: bool| {
+            let mut buf = BytesMut::from(text.as_bytes());
+            let reading = Reading {
+                head_request: false,
+                headers,
+            };
+            let Ok(Parsed::Head(head)) = parse_head(&mut buf, reading) else {
+                panic!("{text:?} did not parse");
+            };
+            assert_eq!(&buf[..], b"BODY");
+            head
+        };
+        let ok = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nx-prompt-tokens: 12\r\n\
+                  Transfer-Encoding: chunked\r\nConnection: close\r\n\r\nBODY";
+        let kept = parse(ok, true);
+        let left = parse(ok, false);
+        assert_eq!(kept.response.headers()["x-prompt-tokens"], "12");
+        assert_eq!(
+            kept.response.headers().len(),
+            2,
+            "hop-by-hop headers stay out"
+        );
+        assert!(left.response.headers().is_empty());
+        // The framing is read either way.
+        for head in [&kept, &left] {
+            assert!(matches!(head.framing, Framing::Chunked(Chunked::Size)));
+            assert!(!head.keep_alive);
+            assert_eq!(head.response.status(), 200);
+        }
+        let length = parse("HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nBODY", false);
+        assert!(matches!(length.framing, Framing::Length(4)) && length.keep_alive);
+        // An error's headers are kept: its retry hints are read.
+        let busy = parse(
+            "HTTP/1.1 429 Too Many Requests\r\nretry-after: 3\r\ncontent-length: 4\r\n\r\nBODY",
+            false,
+        );
+        assert_eq!(busy.response.headers()["retry-after"], "3");
     }
 
     #[test]
@@ -1295,7 +1364,7 @@ mod tests {
             BytesMut::from(text.as_bytes())
         };
         let mut buf = head(MAX_HEADERS);
-        let Ok(Parsed::Head(parsed)) = parse_head(&mut buf, false) else {
+        let Ok(Parsed::Head(parsed)) = parse_head(&mut buf, ALL) else {
             panic!("a head of {MAX_HEADERS} headers did not parse");
         };
         let headers = parsed.response.headers();
@@ -1305,7 +1374,7 @@ mod tests {
         }
         assert_eq!(&buf[..], b"BODY");
 
-        let Err(e) = parse_head(&mut head(MAX_HEADERS + 1), false) else {
+        let Err(e) = parse_head(&mut head(MAX_HEADERS + 1), ALL) else {
             panic!("a head over the limit parsed");
         };
         assert_eq!(

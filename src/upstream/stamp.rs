@@ -72,6 +72,10 @@ pub struct Added<'a> {
     pub fixed: &'static [(HeaderName, HeaderValue)],
     pub stamp: &'a Stamp,
     pub request_id: Option<&'a HeaderValue>,
+    /// Whether the caller reads a successful answer's headers. The
+    /// plain-HTTP client then makes its header map; otherwise it reads only
+    /// the framing from them. Other transports always make it.
+    pub answer_headers: bool,
 }
 
 impl Added<'_> {
@@ -80,6 +84,7 @@ impl Added<'_> {
         fixed: &[],
         stamp: &NO_STAMP,
         request_id: None,
+        answer_headers: true,
     };
 
     /// Puts everything into `headers`, for transports that send a header map.
@@ -240,6 +245,7 @@ mod tests {
             fixed: &JSON,
             stamp: &stamp,
             request_id: Some(&id),
+            answer_headers: true,
         };
         let own = [("anthropic-version", "2023-06-01"), ("x-request-id", "own")];
         let map = map_of(added, &own);
@@ -272,6 +278,7 @@ mod tests {
             fixed: &[],
             stamp: &NO_STAMP,
             request_id: None,
+            answer_headers: true,
         };
         let lines = lines_of(added, &[("x-request-id", "own")]);
         assert_eq!(lines["x-request-id"], "own");

@@ -257,6 +257,11 @@ impl Adapter for HuggingFace {
         }
     }
 
+    // TGI's `x-prompt-tokens`.
+    fn reads_answer_headers(&self) -> bool {
+        true
+    }
+
     fn response(
         &self,
         call: &Call,
