@@ -51,7 +51,16 @@ const MAX_CHUNK_LINE: usize = 4096;
 pub struct Pool {
     connect: Duration,
     /// One entry per backend authority; nearly always exactly one.
+    /// Authorities are told apart by their exact text (see [`same`]).
     idle: Mutex<Vec<(Authority, VecDeque<Idle>)>>,
+}
+
+/// Whether two authorities are written alike. `Authority`'s own equality
+/// ignores case, byte by byte, and costs several times a plain comparison;
+/// a provider's requests all carry its base URL's authority as written, and
+/// two spellings of one host would only keep two idle lists.
+fn same(a: &Authority, b: &Authority) -> bool {
+    a.as_str() == b.as_str()
 }
 
 struct Idle {
@@ -169,7 +178,7 @@ impl Pool {
     /// The most recently used idle connection to `authority` that is still open.
     fn checkout(&self, authority: &Authority) -> Option<Conn> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        let (_, conns) = idle.iter_mut().find(|(a, _)| a == authority)?;
+        let (_, conns) = idle.iter_mut().find(|(a, _)| same(a, authority))?;
         while let Some(Idle { conn, since }) = conns.pop_back() {
             if since.elapsed() >= IDLE_TIMEOUT {
                 // Everything older is expired too.
@@ -186,7 +195,7 @@ impl Pool {
     fn checkin(&self, authority: &Authority, conn: Conn) {
         let now = Instant::now();
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        let conns = match idle.iter().position(|(a, _)| a == authority) {
+        let conns = match idle.iter().position(|(a, _)| same(a, authority)) {
             Some(i) => &mut idle[i].1,
             None => {
                 idle.push((authority.clone(), VecDeque::new()));
@@ -204,7 +213,7 @@ impl Pool {
 
     fn forget(&self, authority: &Authority) {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        idle.retain(|(a, _)| a != authority);
+        idle.retain(|(a, _)| !same(a, authority));
     }
 
     /// Closes idle connections that expired or that the backend closed.
