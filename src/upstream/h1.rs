@@ -510,10 +510,7 @@ impl Delimiters {
             self.chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
         } else if name.eq_ignore_ascii_case(b"content-length") {
             for part in value.split(|&b| b == b',') {
-                let Some(n) = std::str::from_utf8(part.trim_ascii())
-                    .ok()
-                    .and_then(|s| s.parse::<u64>().ok())
-                else {
+                let Some(n) = decimal(part.trim_ascii()) else {
                     self.bad_length
                         .get_or_insert("the backend sent an invalid content-length");
                     continue;
@@ -551,6 +548,20 @@ impl Delimiters {
             None => Framing::UntilClose,
         })
     }
+}
+
+/// A `content-length` value: one or more ASCII digits (no sign, unlike
+/// `u64`'s parser), within a u64.
+fn decimal(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() {
+        return None;
+    }
+    digits.iter().try_fold(0u64, |n, &d| {
+        if !d.is_ascii_digit() {
+            return None;
+        }
+        n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+    })
 }
 
 /// The request line and headers: the request's own, then what `added`
@@ -1306,6 +1317,14 @@ mod tests {
             bad,
             Err("the backend sent an invalid content-length".into())
         );
+        for invalid in ["+5", "-1", "", "5 5", "18446744073709551616"] {
+            assert_eq!(
+                frame(&[(cl, invalid)], 200, false).0,
+                Err("the backend sent an invalid content-length".into()),
+                "{invalid:?}"
+            );
+        }
+        assert_eq!(frame(&[(cl, "007")], 200, false), ok(Framing::Length(7)));
         let conflict = frame(&[(cl, "5, 6")], 200, false).0;
         assert!(conflict.unwrap_err().contains("conflicting"));
         let close = frame(
