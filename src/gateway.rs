@@ -449,9 +449,9 @@ struct Record {
     usage: Option<crate::openai::Usage>,
     error: Option<String>,
     first_byte: Option<Duration>,
-    /// When the body's last frame was handed over, if that was also its
-    /// first (a whole answer): then one clock read serves both.
-    ended: Option<Duration>,
+    /// The body's first frame was also its last (a whole answer): its
+    /// `first_byte` is the request's duration too, one clock read for both.
+    one_frame: bool,
     attempts: u32,
     /// Rate-limit charges to settle with the real usage.
     ticket: Option<Ticket>,
@@ -474,7 +474,7 @@ impl Record {
             usage: None,
             error: None,
             first_byte: None,
-            ended: None,
+            one_frame: false,
             attempts: 0,
             ticket: None,
             body: None,
@@ -487,7 +487,10 @@ impl Record {
         outcome: Option<crate::stream::StreamOutcome>,
         completed: bool,
     ) {
-        let elapsed = self.ended.unwrap_or_else(|| self.started.elapsed());
+        let elapsed = match self.first_byte {
+            Some(at) if self.one_frame => at,
+            _ => self.started.elapsed(),
+        };
         if let Some(o) = outcome {
             self.usage = o.usage.or(self.usage);
             if o.error.is_some() {
@@ -596,11 +599,8 @@ impl HttpBody for Observed {
             Poll::Ready(Some(frame)) => {
                 if let Some(r) = this.record.as_mut() {
                     if r.first_byte.is_none() {
-                        let at = r.started.elapsed();
-                        r.first_byte = Some(at);
-                        if this.body.is_end_stream() {
-                            r.ended = Some(at);
-                        }
+                        r.first_byte = Some(r.started.elapsed());
+                        r.one_frame = this.body.is_end_stream();
                     }
                     if let (Some(log), Some(data)) = (
                         r.body.as_mut(),

@@ -45,19 +45,20 @@ impl Provider {
     /// Sends `request` to this backend with what goes beside its own
     /// headers: the dialect's `fixed` ones, this provider's stamp
     /// (configured headers, credential, user agent) and the request id.
-    /// A successful answer's headers are kept when `answer_headers` asks.
+    /// A successful answer's headers are kept only when the adapter reads
+    /// them (nothing else does: health checks and model lists read the
+    /// status and the body, and an error's headers are always kept).
     pub fn send<'a>(
         &'a self,
         request: Request<Bytes>,
         fixed: &'static [(HeaderName, HeaderValue)],
         request_id: Option<&'a HeaderValue>,
-        answer_headers: bool,
     ) -> impl Future<Output = Result<Response<UpstreamBody>, Failure>> + 'a {
         let added = Added {
             fixed,
             stamp: &self.stamp,
             request_id,
-            answer_headers,
+            answer_headers: self.adapter.reads_answer_headers(),
         };
         self.transport.send(request, added)
     }
@@ -71,6 +72,6 @@ impl Provider {
         let mut request = Request::new(Bytes::new());
         *request.method_mut() = Method::GET;
         *request.uri_mut() = uri;
-        self.send(request, &[], None, true)
+        self.send(request, &[], None)
     }
 }

@@ -74,19 +74,23 @@ pub async fn attempt(
     let deadline = call.started + timeouts.total;
     let inflight = Inflight::enter(&provider.inflight);
     let first_byte = (sent + timeouts.first_byte).min(deadline);
-    let sent_to = |label: &str| {
+    let series = |label: &str| {
         metrics
             .upstream_duration
             .with_label_values(&[&provider.id, label])
-            .observe(sent.elapsed().as_secs_f64());
+    };
+    let sent_to = |label: &str| {
+        let seconds = sent.elapsed().as_secs_f64();
+        if label == "200" {
+            // The usual answer's series is looked up once per provider.
+            let ok = provider.answered_ok.get_or_init(|| series(label));
+            ok.observe(seconds);
+        } else {
+            series(label).observe(seconds);
+        }
     };
     // Inline: the send (0.7 KB) fits in the room reading a body takes.
-    let send = provider.send(
-        request,
-        fixed,
-        Some(&call.request_id),
-        provider.adapter.reads_answer_headers(),
-    );
+    let send = provider.send(request, fixed, Some(&call.request_id));
     let response = match tokio::time::timeout_at(first_byte, send).await {
         Ok(Ok(response)) => response,
         Ok(Err(failure)) => {
@@ -111,18 +115,7 @@ pub async fn attempt(
         }
     };
     let status = response.status();
-    if status == StatusCode::OK {
-        provider
-            .answered_ok
-            .get_or_init(|| {
-                metrics
-                    .upstream_duration
-                    .with_label_values(&[&provider.id, "200"])
-            })
-            .observe(sent.elapsed().as_secs_f64());
-    } else {
-        sent_to(status.as_str());
-    }
+    sent_to(status.as_str());
 
     let (head, body) = response.into_parts();
     if !status.is_success() {

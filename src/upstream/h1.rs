@@ -443,8 +443,13 @@ fn parse_head(buf: &mut BytesMut, reading: Reading) -> Result<Parsed, SendError>
         return Ok(Parsed::Informational);
     }
     let raw = buf.split_to(len).freeze();
-    let mut headers = HeaderMap::new();
+    // The framing is read from the text httparse has checked (names are
+    // tokens, values hold no control characters), map or not.
     let mut delimiters = Delimiters::default();
+    for (name, value) in &spans {
+        delimiters.read(&raw[name.clone()], &raw[value.clone()]);
+    }
+    let mut headers = HeaderMap::new();
     if reading.headers || !status.is_success() {
         headers.reserve(spans.len());
         for (name, value) in spans {
@@ -452,17 +457,10 @@ fn parse_head(buf: &mut BytesMut, reading: Reading) -> Result<Parsed, SendError>
                 .map_err(|_| SendError::protocol("the backend sent an invalid header name"))?;
             let value = HeaderValue::from_maybe_shared(raw.slice(value))
                 .map_err(|_| SendError::protocol("the backend sent an invalid header value"))?;
-            delimiters.read(name.as_str().as_bytes(), value.as_bytes());
             // Spent on the framing: nothing else reads them from the map.
             if !super::stamp::hop_by_hop(&name) {
                 headers.append(name, value);
             }
-        }
-    } else {
-        // httparse has checked the names are tokens and the values hold no
-        // control characters: the framing is all there is to read.
-        for (name, value) in spans {
-            delimiters.read(&raw[name], &raw[value]);
         }
     }
 

@@ -39,7 +39,7 @@ use crate::chat::{
 };
 use crate::config::{Path, Problem, raw};
 use crate::error::Error;
-use crate::openai::{Endpoint, Usage, json_string, span_of};
+use crate::openai::{Endpoint, Usage, span_of};
 use crate::route::ModelName;
 use crate::stream::chunks::{ChunkWriter, Shape};
 use crate::stream::sse::Event;
@@ -580,14 +580,14 @@ impl HuggingFace {
         &self,
         body: &[u8],
         stream: bool,
-        model: &str,
+        model: &ModelName,
     ) -> Result<UpstreamRequest, Error> {
         let req = ChatRequest::parse(Endpoint::Chat, body)?;
         req.refuse_unsupported(&self.provider, true)?;
         let peek: MessagesPeek<'_> = crate::json::from_slice(body)
             .map_err(|e| Error::invalid(format!("invalid request body: {e}")))?;
         let mut edits: Vec<(Range<usize>, Bytes)> =
-            vec![(span_of(body, peek.model), json_string(model))];
+            vec![(span_of(body, peek.model), model.json.clone())];
         if let Some(raw) = peek.response_format
             && let Some(text) = tgi_response_format(raw, &self.provider)?
         {
@@ -1712,7 +1712,7 @@ mod tests {
         let hf = tgi("messages", None);
         let body = br#"{"model":"alias","messages":[{"role":"user","content":"caf\u00e9"}],"top_p":1,"temperature":0.2,"response_format":{"type":"json_schema","json_schema":{"name":"p","strict":true,"schema":{"type":"object"}}},"tools":null,"stream":true,"tool_prompt":"x"}"#;
         let r = hf
-            .messages_request(body, true, "meta-llama/Llama-3.1-8B-Instruct")
+            .messages_request(body, true, &"meta-llama/Llama-3.1-8B-Instruct".into())
             .unwrap();
         assert_eq!(r.uri, "http://tgi:8080/v1/chat/completions");
         assert!(r.stream);
@@ -1721,25 +1721,26 @@ mod tests {
             r#"{"stream_options":{"include_usage":true},"model":"meta-llama/Llama-3.1-8B-Instruct","messages":[{"role":"user","content":"caf\u00e9"}],"top_p":null,"temperature":0.2,"response_format":{"type":"json","value":{"type":"object"}},"tools":null,"stream":true,"tool_prompt":"x"}"#
         );
         let body = br#"{"model":"a","messages":[{"role":"user","content":"x"}],"stream":true,"stream_options":{"include_usage":false},"response_format":{"type":"text"},"top_p":0.5}"#;
-        let r = hf.messages_request(body, true, "m").unwrap();
+        let r = hf.messages_request(body, true, &"m".into()).unwrap();
         assert_eq!(
             std::str::from_utf8(&r.body).unwrap(),
             r#"{"model":"m","messages":[{"role":"user","content":"x"}],"stream":true,"stream_options":{"include_usage":true},"response_format":null,"top_p":0.5}"#
         );
         let body = br#"{"model":"a","messages":[{"role":"user","content":"x"}],"stream":true,"stream_options":null}"#;
-        let r = hf.messages_request(body, true, "m").unwrap();
+        let r = hf.messages_request(body, true, &"m".into()).unwrap();
         assert_eq!(
             std::str::from_utf8(&r.body).unwrap(),
             r#"{"model":"m","messages":[{"role":"user","content":"x"}],"stream":true,"stream_options":{"include_usage":true}}"#
         );
         let body = br#"{"model":"a","messages":[{"role":"user","content":"x"}],"response_format":{"type":"regex","value":"[0-9]+"}}"#;
-        let r = hf.messages_request(body, false, "a").unwrap();
+        let r = hf.messages_request(body, false, &"a".into()).unwrap();
         assert_eq!(&r.body[..], &body[..], "TGI's own shapes pass as sent");
         for extra in [r#""n":3"#, r#""logprobs":true"#] {
             let body =
                 format!(r#"{{"model":"a","messages":[{{"role":"user","content":"x"}}],{extra}}}"#);
             assert!(
-                hf.messages_request(body.as_bytes(), false, "m").is_err(),
+                hf.messages_request(body.as_bytes(), false, &"m".into())
+                    .is_err(),
                 "{extra}"
             );
         }
