@@ -342,7 +342,9 @@ pub struct Failure {
     pub retry_after: Option<Duration>,
 }
 
+/// Cold, like [`crate::error::Error`]'s constructors.
 impl Failure {
+    #[cold]
     pub fn new(cause: Cause, message: impl Into<String>) -> Self {
         Failure {
             cause,
@@ -352,6 +354,7 @@ impl Failure {
         }
     }
 
+    #[cold]
     pub fn protocol(message: impl Into<String>) -> Self {
         Failure::new(Cause::Protocol, message)
     }
