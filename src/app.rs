@@ -28,7 +28,7 @@ pub async fn serve(path: PathBuf) -> Result<(), String> {
         text
     })?;
     let settings = snapshot.settings.clone();
-    crate::telemetry::init(&settings.log_level, settings.log_format);
+    let _logging = crate::telemetry::init(&settings.log_level, settings.log_format);
     raise_open_file_limit();
 
     let public = TcpListener::bind(settings.listen)

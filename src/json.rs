@@ -361,7 +361,7 @@ fn hex4(digits: &[u8]) -> Option<u32> {
 
 /// The first `"`, `\` or control character in `text`, eight bytes at a time.
 #[inline]
-fn special(text: &[u8]) -> Option<usize> {
+pub(crate) fn special(text: &[u8]) -> Option<usize> {
     let found = scan_words(text, usize::MAX, special_bytes);
     match found {
         Ok(at) => Some(at),

@@ -38,6 +38,8 @@ pub struct Metrics {
     pub target_healthy: IntGaugeVec,
     pub rate_limited: IntCounterVec,
     pub limit_store_errors: IntCounterVec,
+    /// Caught up with the log writer's own count at each scrape.
+    log_lines_dropped: IntCounter,
 }
 
 impl Metrics {
@@ -139,6 +141,11 @@ impl Metrics {
             &["store"],
         )
         .expect("valid metric");
+        let log_lines_dropped = IntCounter::new(
+            "switchyard_log_lines_dropped_total",
+            "Log lines dropped because stderr's reader fell too far behind.",
+        )
+        .expect("valid metric");
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(request_duration.clone()),
@@ -152,6 +159,7 @@ impl Metrics {
             Box::new(target_healthy.clone()),
             Box::new(rate_limited.clone()),
             Box::new(limit_store_errors.clone()),
+            Box::new(log_lines_dropped.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -173,11 +181,17 @@ impl Metrics {
             target_healthy,
             rate_limited,
             limit_store_errors,
+            log_lines_dropped,
         }
     }
 
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> Vec<u8> {
+        let dropped = crate::telemetry::dropped_lines();
+        let counted = self.log_lines_dropped.get();
+        if dropped > counted {
+            self.log_lines_dropped.inc_by(dropped - counted);
+        }
         let mut out = Vec::with_capacity(16 * 1024);
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
         out

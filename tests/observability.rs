@@ -124,6 +124,11 @@ async fn metric_values_follow_known_traffic() {
         metric_value(&text, "switchyard_inflight_requests{provider=\"p\"}"),
         0.0
     );
+    // Every access line reached the log's reader: none were dropped.
+    assert!(
+        text.contains("\nswitchyard_log_lines_dropped_total 0\n"),
+        "{text}"
+    );
     assert_eq!(
         metric_value(
             &text,
