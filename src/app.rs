@@ -29,6 +29,9 @@ pub async fn serve(path: PathBuf) -> Result<(), String> {
     })?;
     let settings = snapshot.settings.clone();
     let _logging = crate::telemetry::init(&settings.log_level, settings.log_format);
+    tokio::spawn(crate::telemetry::report_drops(
+        std::time::Duration::from_secs(10),
+    ));
     raise_open_file_limit();
 
     let public = TcpListener::bind(settings.listen)

@@ -229,7 +229,7 @@ where
     // 8. dispatch
     // An alias asked for by its own name has its JSON string made already.
     let model_json = if *view.model == *route.alias.name {
-        route.alias.name_json.clone()
+        route.alias.as_model.json.clone()
     } else {
         json_string(&view.model)
     };

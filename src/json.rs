@@ -23,40 +23,42 @@ pub fn to_vec_sized<T: serde::Serialize + ?Sized>(
     Ok(out)
 }
 
-/// `text` as a JSON string, escaped as serde_json escapes it: `"`, `\` and
-/// control characters (`\n` and the like where JSON has a short form,
-/// `\u00XX` otherwise), everything else as it is. The runs between escapes
-/// are found eight bytes at a time and copied whole.
+/// `text` as a JSON string, escaped as serde_json escapes it (see
+/// [`escape`]).
 pub fn write_str(out: &mut impl bytes::BufMut, text: &str) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let b = text.as_bytes();
     out.put_u8(b'"');
+    escape(text, |run| out.put_slice(run.as_bytes()));
+    out.put_u8(b'"');
+}
+
+/// The contents of `text` as a JSON string, handed to `put` piece by piece:
+/// `"`, `\` and control characters escaped as serde_json escapes them (`\n`
+/// and the like where JSON has a short form, `\u00XX` otherwise), and the
+/// runs between them, found eight bytes at a time, as they are.
+pub fn escape(text: &str, mut put: impl FnMut(&str)) {
+    let b = text.as_bytes();
     let mut from = 0;
     while let Some(n) = special(&b[from..]) {
         let at = from + n;
-        out.put_slice(&b[from..at]);
-        match b[at] {
-            b'"' => out.put_slice(b"\\\""),
-            b'\\' => out.put_slice(b"\\\\"),
-            b'\n' => out.put_slice(b"\\n"),
-            b'\r' => out.put_slice(b"\\r"),
-            b'\t' => out.put_slice(b"\\t"),
-            0x08 => out.put_slice(b"\\b"),
-            0x0c => out.put_slice(b"\\f"),
-            c => out.put_slice(&[
-                b'\\',
-                b'u',
-                b'0',
-                b'0',
-                HEX[usize::from(c >> 4)],
-                HEX[usize::from(c & 0xf)],
-            ]),
-        }
+        // `at` is an ASCII byte: a char boundary.
+        put(&text[from..at]);
+        put(match b[at] {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            c => CONTROL[usize::from(c)],
+        });
         from = at + 1;
     }
-    out.put_slice(&b[from..]);
-    out.put_u8(b'"');
+    put(&text[from..]);
 }
+
+/// How JSON (as serde_json writes it) escapes each control character.
+const CONTROL: [&str; 32] = [
+    "\\u0000", "\\u0001", "\\u0002", "\\u0003", "\\u0004", "\\u0005", "\\u0006", "\\u0007", "\\b",
+    "\\t", "\\n", "\\u000b", "\\f", "\\r", "\\u000e", "\\u000f", "\\u0010", "\\u0011", "\\u0012",
+    "\\u0013", "\\u0014", "\\u0015", "\\u0016", "\\u0017", "\\u0018", "\\u0019", "\\u001a",
+    "\\u001b", "\\u001c", "\\u001d", "\\u001e", "\\u001f",
+];
 
 /// `n` in decimal.
 pub fn write_u64(out: &mut impl bytes::BufMut, n: u64) {
@@ -361,7 +363,7 @@ fn hex4(digits: &[u8]) -> Option<u32> {
 
 /// The first `"`, `\` or control character in `text`, eight bytes at a time.
 #[inline]
-pub(crate) fn special(text: &[u8]) -> Option<usize> {
+fn special(text: &[u8]) -> Option<usize> {
     let found = scan_words(text, usize::MAX, special_bytes);
     match found {
         Ok(at) => Some(at),

@@ -70,9 +70,10 @@ impl fmt::Display for ModelName {
 pub struct Alias {
     /// The alias as written in the config; the `model` metric label.
     pub name: Arc<str>,
-    /// `name` as a JSON string: the `model` of answers to a client that
-    /// asked for the alias by that name.
-    pub name_json: Bytes,
+    /// `name` with its JSON string: the backend model of targets that name
+    /// none, and the `model` of answers to a client that asked for the
+    /// alias by that name.
+    pub as_model: ModelName,
     pub targets: Vec<Target>,
     pub wildcard: bool,
     /// Aliases tried in order when every target failed.
@@ -115,17 +116,6 @@ pub struct Route {
     pub default_model: ModelName,
 }
 
-impl Alias {
-    /// The alias's own name, as the backend model of targets that do not
-    /// name one.
-    pub fn model_name(&self) -> ModelName {
-        ModelName {
-            name: self.name.clone(),
-            json: self.name_json.clone(),
-        }
-    }
-}
-
 impl Aliases {
     pub fn insert_exact(&mut self, alias: Arc<Alias>) {
         self.exact.insert(alias.name.clone(), alias.clone());
@@ -159,7 +149,7 @@ impl Aliases {
         if let Some(alias) = self.exact.get(model) {
             return Some(Route {
                 alias: alias.clone(),
-                default_model: alias.model_name(),
+                default_model: alias.as_model.clone(),
             });
         }
         let w = self.wildcards.iter().find(|w| w.matcher.is_match(model))?;

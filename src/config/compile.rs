@@ -118,7 +118,7 @@ pub fn compile(raw: raw::Config, shared: &Shared) -> Result<Snapshot, Vec<Proble
             limit_keys: RuleKeys::new(&format!("alias:{alias_name}")),
             price,
             budget: shared.budgets.budget(&alias_name, routing.budget),
-            name_json: crate::openai::json_string(&alias_name),
+            as_model: route::ModelName::new(alias_name.clone()),
             name: alias_name,
             targets,
             wildcard,

@@ -75,7 +75,7 @@ where
                     .with_label_values(&[&alias.name, &next.name])
                     .inc();
                 tracing::info!(from = %alias.name, to = %next.name, "every target failed; falling back");
-                (alias, default_model) = (next, next.model_name());
+                (alias, default_model) = (next, next.as_model.clone());
             }
         })
     }

@@ -251,36 +251,8 @@ impl Visit for Members<'_> {
 /// `text` as a JSON string.
 fn string(out: &mut String, text: &str) {
     out.push('"');
-    escape(out, text);
+    crate::json::escape(text, |run| out.push_str(run));
     out.push('"');
-}
-
-/// `text` escaped as serde_json escapes a string's contents.
-fn escape(out: &mut String, text: &str) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let bytes = text.as_bytes();
-    let mut from = 0;
-    while let Some(n) = crate::json::special(&bytes[from..]) {
-        let at = from + n;
-        // `at` is an ASCII byte: a char boundary.
-        out.push_str(&text[from..at]);
-        match bytes[at] {
-            b'"' => out.push_str("\\\""),
-            b'\\' => out.push_str("\\\\"),
-            b'\n' => out.push_str("\\n"),
-            b'\r' => out.push_str("\\r"),
-            b'\t' => out.push_str("\\t"),
-            0x08 => out.push_str("\\b"),
-            0x0c => out.push_str("\\f"),
-            c => {
-                out.push_str("\\u00");
-                out.push(char::from(HEX[usize::from(c >> 4)]));
-                out.push(char::from(HEX[usize::from(c & 0xf)]));
-            }
-        }
-        from = at + 1;
-    }
-    out.push_str(&text[from..]);
 }
 
 /// Escapes whatever is formatted through it (a `Debug` or `Display` value).
@@ -288,7 +260,7 @@ struct Escaped<'a>(&'a mut String);
 
 impl fmt::Write for Escaped<'_> {
     fn write_str(&mut self, s: &str) -> fmt::Result {
-        escape(self.0, s);
+        crate::json::escape(s, |run| self.0.push_str(run));
         Ok(())
     }
 }

@@ -21,7 +21,7 @@ use tracing_subscriber::{EnvFilter, Layer, Registry, reload};
 
 use crate::config::raw::LogFormat;
 
-pub use json::{Fields, Lines};
+use json::{Fields, Lines};
 
 /// Lines that may wait for the writer thread; about 5 MB of access lines.
 pub const QUEUED_LINES: usize = 16 * 1024;
@@ -81,9 +81,50 @@ pub fn dropped_lines() -> u64 {
     DROPPED.get().map_or(0, |d| d.dropped_lines() as u64)
 }
 
+/// Says in the log, at most every `period`, how many lines were dropped
+/// since it last said so: without a metrics scraper the gap in the log is
+/// otherwise silent. A warning that is itself dropped is counted and said
+/// at the next look.
+pub async fn report_drops(period: std::time::Duration) {
+    let mut said = 0;
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Some(dropped) = newly_dropped(&mut said, dropped_lines()) {
+            tracing::warn!(
+                dropped,
+                "log lines were dropped: the reader of stderr fell more than {QUEUED_LINES} lines behind"
+            );
+        }
+    }
+}
+
+/// Lines dropped since `said`, which moves up to `dropped`; `None` if none.
+fn newly_dropped(said: &mut u64, dropped: u64) -> Option<u64> {
+    let new = dropped.checked_sub(*said).filter(|&n| n > 0)?;
+    *said = dropped;
+    Some(new)
+}
+
 /// Applies a new `log.level` after a reload (unless `RUST_LOG` rules).
 pub fn set_level(level: &str) {
     if let (Some(handle), Ok(filter)) = (LEVEL.get(), EnvFilter::try_new(level)) {
         let _ = handle.reload(filter);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::newly_dropped;
+
+    #[test]
+    fn drops_are_reported_once_each() {
+        let mut said = 0;
+        assert_eq!(newly_dropped(&mut said, 0), None);
+        assert_eq!(newly_dropped(&mut said, 300), Some(300));
+        assert_eq!(newly_dropped(&mut said, 300), None);
+        assert_eq!(newly_dropped(&mut said, 301), Some(1));
+        assert_eq!(said, 301);
     }
 }

@@ -389,7 +389,6 @@ enum Parsed {
     Head(Head),
 }
 
-/// Parses a complete head at the start of `buf` and consumes it.
 /// What a request wants of its answer's head.
 #[derive(Debug, Clone, Copy)]
 struct Reading {
@@ -401,6 +400,7 @@ struct Reading {
     headers: bool,
 }
 
+/// Parses a complete head at the start of `buf` and consumes it.
 fn parse_head(buf: &mut BytesMut, reading: Reading) -> Result<Parsed, SendError> {
     // Where each header's name and value sit in `buf`. httparse fills only
     // the slots it uses: nothing zeroes a hundred of them per response.
