@@ -1219,6 +1219,37 @@ fn images_agree_and_the_dockerfile_builds_a_nonroot_distroless_image() {
             .any(|r| r.contains("cargo build --release --locked")),
         "the builder builds --release --locked"
     );
+    // By default it builds with profile-guided optimization: bench/pgo, a
+    // --release --locked build too, and a script bash can read.
+    assert!(
+        docker.all("RUN").iter().any(|r| r.contains("bench/pgo")),
+        "the builder runs bench/pgo"
+    );
+    assert!(read("bench/pgo").contains("cargo build --release --locked"));
+    let syntax = Command::new("bash")
+        .args(["-n", "bench/pgo"])
+        .output()
+        .unwrap();
+    assert!(
+        syntax.status.success(),
+        "bench/pgo: {}",
+        String::from_utf8_lossy(&syntax.stderr)
+    );
+    // Its training asks for aliases the bench's config has.
+    let bench: serde_yaml::Value = serde_yaml::from_str(&read("bench/switchyard.yaml")).unwrap();
+    let script = read("bench/pgo");
+    let trained: Vec<&str> = script
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("for model in "))
+        .flat_map(|l| l.split(';').next().unwrap().split_whitespace())
+        .collect();
+    assert!(trained.len() >= 4, "{trained:?}");
+    for model in trained {
+        assert!(
+            bench["models"].get(model).is_some(),
+            "bench/pgo trains on {model}, which bench/switchyard.yaml lacks"
+        );
+    }
     let user = docker.last("USER");
     assert!(
         user.starts_with("nonroot") || user.starts_with("65532"),
