@@ -1225,7 +1225,17 @@ fn images_agree_and_the_dockerfile_builds_a_nonroot_distroless_image() {
         docker.all("RUN").iter().any(|r| r.contains("bench/pgo")),
         "the builder runs bench/pgo"
     );
-    assert!(read("bench/pgo").contains("cargo build --release --locked"));
+    let script = read("bench/pgo");
+    assert!(script.contains("cargo build --release --locked"));
+    // The binary the image takes is the one the script builds.
+    assert!(script.contains("built target/pgo/release/switchyard"));
+    assert!(
+        docker
+            .all("RUN")
+            .iter()
+            .any(|r| r.contains("built=target/pgo/release/switchyard")),
+        "the builder copies bench/pgo's binary"
+    );
     let syntax = Command::new("bash")
         .args(["-n", "bench/pgo"])
         .output()
@@ -1237,7 +1247,6 @@ fn images_agree_and_the_dockerfile_builds_a_nonroot_distroless_image() {
     );
     // Its training asks for aliases the bench's config has.
     let bench: serde_yaml::Value = serde_yaml::from_str(&read("bench/switchyard.yaml")).unwrap();
-    let script = read("bench/pgo");
     let trained: Vec<&str> = script
         .lines()
         .filter_map(|l| l.trim().strip_prefix("for model in "))
