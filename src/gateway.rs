@@ -12,8 +12,9 @@
 //! 7. **route** – model → alias (404), key allow-list (403), endpoint support (400).
 //! 8. **dispatch** – target choice, adapter, upstream call (502 / 504 / backend 4xx).
 //! 9. **rescue** – an error becomes its OpenAI-shaped response; every response
-//!    gets `x-request-id`, and its body is wrapped in [`Observed`], which writes
-//!    the access log line and the request metrics when the last byte is sent.
+//!    gets `x-request-id`, and its body is wrapped in [`Observed`], which
+//!    records the request metrics when the last byte is handed to hyper and
+//!    writes the access log line once hyper has written it ([`crate::deferred`]).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -457,6 +458,9 @@ struct Record {
     ticket: Option<Ticket>,
     /// The response body so far, when `log.bodies` is on.
     body: Option<bytes::BytesMut>,
+    /// Set by [`Record::measure`] for the access line.
+    elapsed: Duration,
+    completed: bool,
 }
 
 impl Record {
@@ -478,19 +482,26 @@ impl Record {
             attempts: 0,
             ticket: None,
             body: None,
+            elapsed: Duration::ZERO,
+            completed: false,
         }
     }
 
-    fn finish(
-        mut self: Box<Self>,
+    /// Settles the request's rate-limit charges and records its metrics,
+    /// before the response's last bytes are written: a client that reads
+    /// its answer and then `/metrics`, or sends its next request against
+    /// `max_concurrent`, finds the request counted and its slot free.
+    fn measure(
+        &mut self,
         metrics: &Metrics,
         outcome: Option<crate::stream::StreamOutcome>,
         completed: bool,
     ) {
-        let elapsed = match self.first_byte {
+        self.elapsed = match self.first_byte {
             Some(at) if self.one_frame => at,
             _ => self.started.elapsed(),
         };
+        self.completed = completed;
         if let Some(o) = outcome {
             self.usage = o.usage.or(self.usage);
             if o.error.is_some() {
@@ -504,6 +515,44 @@ impl Record {
         if let Some(ticket) = self.ticket.take() {
             ticket.settle(self.usage);
         }
+        let reached = self.provider.is_some();
+        metrics.record_request(
+            &RequestLabels {
+                endpoint: self.endpoint_label(),
+                model: self.model.as_deref().unwrap_or("unknown"),
+                provider: self.provider.as_deref().unwrap_or("none"),
+                key: self.key_label(),
+                status: if self.status == StatusCode::OK && self.error.is_some() {
+                    "stream_error"
+                } else {
+                    self.status.as_str()
+                },
+            },
+            &RequestRecord {
+                elapsed: self.elapsed,
+                ttft: self.first_byte.filter(|_| reached),
+                tokens: self
+                    .usage
+                    .filter(|_| reached)
+                    .map(|u| (u.prompt_tokens, u.completion_tokens)),
+            },
+        );
+    }
+
+    fn endpoint_label(&self) -> &'static str {
+        self.endpoint.map_or("unknown", Endpoint::label)
+    }
+
+    fn key_label(&self) -> &str {
+        self.key.as_ref().map_or("anonymous", Caller::label)
+    }
+}
+
+/// The access line (and the response body, with `log.bodies`), written
+/// after the response: the line goes to a writer thread anyway, and putting
+/// it together is most of what a request costs with the log on.
+impl crate::deferred::Later for Record {
+    fn run(self: Box<Self>) {
         if let Some(body) = &self.body {
             tracing::info!(
                 target: "switchyard::bodies",
@@ -512,45 +561,18 @@ impl Record {
                 "response body"
             );
         }
-        let endpoint = self.endpoint.map_or("unknown", Endpoint::label);
-        let model = self.model.as_deref().unwrap_or("unknown");
-        let provider = self.provider.as_deref().unwrap_or("none");
-        let key = self.key.as_ref().map_or("anonymous", Caller::label);
-        let status = if self.status == StatusCode::OK && self.error.is_some() {
-            "stream_error"
-        } else {
-            self.status.as_str()
-        };
-        let reached = self.provider.is_some();
-        metrics.record_request(
-            &RequestLabels {
-                endpoint,
-                model,
-                provider,
-                key,
-                status,
-            },
-            &RequestRecord {
-                elapsed,
-                ttft: self.first_byte.filter(|_| reached),
-                tokens: self
-                    .usage
-                    .filter(|_| reached)
-                    .map(|u| (u.prompt_tokens, u.completion_tokens)),
-            },
-        );
         tracing::info!(
             target: "switchyard::access",
             request_id = self.request_id.to_str().unwrap_or(""),
-            endpoint,
-            key,
-            model,
-            provider,
+            endpoint = self.endpoint_label(),
+            key = self.key_label(),
+            model = self.model.as_deref().unwrap_or("unknown"),
+            provider = self.provider.as_deref().unwrap_or("none"),
             backend_model = self.backend_model.as_deref().unwrap_or(""),
             status = self.status.as_u16(),
             stream = self.stream,
-            completed,
-            latency_ms = elapsed.as_secs_f64() * 1000.0,
+            completed = self.completed,
+            latency_ms = self.elapsed.as_secs_f64() * 1000.0,
             ttft_ms = self.first_byte.map(|d| d.as_secs_f64() * 1000.0),
             prompt_tokens = self.usage.map(|u| u.prompt_tokens),
             completion_tokens = self.usage.map(|u| u.completion_tokens),
@@ -579,8 +601,13 @@ impl Observed {
     }
 
     fn finish(&mut self, completed: bool) {
-        if let Some(record) = self.record.take() {
-            record.finish(self.state.metrics(), self.body.stream_outcome(), completed);
+        if let Some(mut record) = self.record.take() {
+            record.measure(self.state.metrics(), self.body.stream_outcome(), completed);
+            if record.body.is_some()
+                || tracing::enabled!(target: "switchyard::access", tracing::Level::INFO)
+            {
+                crate::deferred::later(record);
+            }
         }
     }
 }

@@ -15,6 +15,7 @@ pub mod call;
 pub mod chat;
 pub mod cli;
 pub mod config;
+pub mod deferred;
 pub mod discovery;
 pub mod dispatch;
 pub mod error;

@@ -181,6 +181,8 @@ impl<C: GracefulConnection> Future for Watched<C> {
                 }
             }
         }
-        this.connection.as_mut().poll(cx)
+        // What the poll's responses leave for later (their access lines)
+        // runs once it returns, after hyper has written them out.
+        crate::deferred::scope(|| this.connection.as_mut().poll(cx))
     }
 }
