@@ -517,17 +517,7 @@ impl Record {
         }
         let reached = self.provider.is_some();
         metrics.record_request(
-            &RequestLabels {
-                endpoint: self.endpoint_label(),
-                model: self.model.as_deref().unwrap_or("unknown"),
-                provider: self.provider.as_deref().unwrap_or("none"),
-                key: self.key_label(),
-                status: if self.status == StatusCode::OK && self.error.is_some() {
-                    "stream_error"
-                } else {
-                    self.status.as_str()
-                },
-            },
+            &self.labels(),
             &RequestRecord {
                 elapsed: self.elapsed,
                 ttft: self.first_byte.filter(|_| reached),
@@ -539,12 +529,20 @@ impl Record {
         );
     }
 
-    fn endpoint_label(&self) -> &'static str {
-        self.endpoint.map_or("unknown", Endpoint::label)
-    }
-
-    fn key_label(&self) -> &str {
-        self.key.as_ref().map_or("anonymous", Caller::label)
+    /// The request's metric labels; the access line shares all but `status`
+    /// (a number there, and `stream_error` only here).
+    fn labels(&self) -> RequestLabels<'_> {
+        RequestLabels {
+            endpoint: self.endpoint.map_or("unknown", Endpoint::label),
+            model: self.model.as_deref().unwrap_or("unknown"),
+            provider: self.provider.as_deref().unwrap_or("none"),
+            key: self.key.as_ref().map_or("anonymous", Caller::label),
+            status: if self.status == StatusCode::OK && self.error.is_some() {
+                "stream_error"
+            } else {
+                self.status.as_str()
+            },
+        }
     }
 }
 
@@ -561,13 +559,14 @@ impl crate::deferred::Later for Record {
                 "response body"
             );
         }
+        let labels = self.labels();
         tracing::info!(
             target: "switchyard::access",
             request_id = self.request_id.to_str().unwrap_or(""),
-            endpoint = self.endpoint_label(),
-            key = self.key_label(),
-            model = self.model.as_deref().unwrap_or("unknown"),
-            provider = self.provider.as_deref().unwrap_or("none"),
+            endpoint = labels.endpoint,
+            key = labels.key,
+            model = labels.model,
+            provider = labels.provider,
             backend_model = self.backend_model.as_deref().unwrap_or(""),
             status = self.status.as_u16(),
             stream = self.stream,

@@ -1212,28 +1212,20 @@ fn images_agree_and_the_dockerfile_builds_a_nonroot_distroless_image() {
             && final_image.ends_with(":nonroot"),
         "{final_image}"
     );
+    let runs = |needle: &str| docker.all("RUN").iter().any(|r| r.contains(needle));
     assert!(
-        docker
-            .all("RUN")
-            .iter()
-            .any(|r| r.contains("cargo build --release --locked")),
+        runs("cargo build --release --locked"),
         "the builder builds --release --locked"
     );
     // By default it builds with profile-guided optimization: bench/pgo, a
     // --release --locked build too, and a script bash can read.
-    assert!(
-        docker.all("RUN").iter().any(|r| r.contains("bench/pgo")),
-        "the builder runs bench/pgo"
-    );
+    assert!(runs("bench/pgo"), "the builder runs bench/pgo");
     let script = read("bench/pgo");
     assert!(script.contains("cargo build --release --locked"));
     // The binary the image takes is the one the script builds.
     assert!(script.contains("built target/pgo/release/switchyard"));
     assert!(
-        docker
-            .all("RUN")
-            .iter()
-            .any(|r| r.contains("built=target/pgo/release/switchyard")),
+        runs("built=target/pgo/release/switchyard"),
         "the builder copies bench/pgo's binary"
     );
     let syntax = Command::new("bash")
