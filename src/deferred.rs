@@ -32,17 +32,18 @@ thread_local! {
     };
 }
 
-/// Runs `work` when the current scope closes, or now if none is open.
+/// Runs `work` when the current scope closes, or now if none is open. A
+/// body dropped while its thread is exiting, after the queue is gone, runs
+/// its work at once too, rather than panicking in a destructor.
 pub fn later(work: Box<dyn Later>) {
-    let now = QUEUE.with_borrow_mut(|q| {
+    let mut work = Some(work);
+    let _ = QUEUE.try_with(|q| {
+        let mut q = q.borrow_mut();
         if q.open {
-            q.work.push(work);
-            None
-        } else {
-            Some(work)
+            q.work.extend(work.take());
         }
     });
-    if let Some(work) = now {
+    if let Some(work) = work {
         work.run();
     }
 }
@@ -155,6 +156,42 @@ mod tests {
         let seen = log();
         scope(|| later(Box::new(Chain(seen.clone()))));
         assert_eq!(*seen.borrow(), ["chain", "queued by work"]);
+    }
+
+    struct Flag(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+    impl Later for Flag {
+        fn run(self: Box<Self>) {
+            self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    /// Hands work over from its destructor.
+    struct HandsOver(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+    impl Drop for HandsOver {
+        fn drop(&mut self) {
+            later(Box::new(Flag(self.0.clone())));
+        }
+    }
+
+    thread_local! {
+        static EXITING: RefCell<Option<HandsOver>> = const { RefCell::new(None) };
+    }
+
+    #[test]
+    fn work_handed_over_while_the_thread_exits_runs_at_once() {
+        let ran = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = ran.clone();
+        std::thread::spawn(move || {
+            // Registered before the queue, so destroyed after it: the
+            // hand-over finds the queue gone.
+            EXITING.with_borrow_mut(|e| *e = Some(HandsOver(flag)));
+            scope(|| ());
+        })
+        .join()
+        .expect("the thread exits cleanly");
+        assert!(ran.load(std::sync::atomic::Ordering::SeqCst));
     }
 
     #[test]
