@@ -77,7 +77,7 @@ where
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        Box::pin(serve(self.state.clone(), request))
+        crate::inplace::pinned(|| serve(self.state.clone(), request))
     }
 }
 
@@ -105,7 +105,7 @@ where
     // the span's wrapper and again whenever this future moves or is boxed.
     // The handler records fields on the span it is given: finding the
     // current span costs more than the clone (nothing, when it is disabled).
-    let handled = Box::pin(handle(&state, snapshot, request, &mut record, &span))
+    let handled = crate::inplace::pinned(|| handle(&state, snapshot, request, &mut record, &span))
         .instrument(span.clone())
         .await;
     let mut response = match handled {

@@ -21,6 +21,7 @@ pub mod dispatch;
 pub mod error;
 pub mod gateway;
 pub mod headers;
+pub mod inplace;
 pub mod json;
 pub mod limits;
 pub mod metrics;

@@ -90,7 +90,9 @@ pub async fn attempt(
         }
     };
     // Inline: the send (0.7 KB) fits in the room reading a body takes.
-    let send = provider.send(request, fixed, Some(&call.request_id));
+    // Pinned where it is made: the timeout holds a reference to it, so the
+    // send is not copied into the timeout and again into this future.
+    let send = std::pin::pin!(provider.send(request, fixed, Some(&call.request_id)));
     let response = match tokio::time::timeout_at(first_byte, send).await {
         Ok(Ok(response)) => response,
         Ok(Err(failure)) => {

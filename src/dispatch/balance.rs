@@ -139,7 +139,7 @@ impl tower::Service<Attempt> for Pick {
 
     fn call(&mut self, attempt: Attempt) -> Self::Future {
         let metrics = self.metrics.clone();
-        Box::pin(try_target(attempt, metrics))
+        crate::inplace::pinned(|| try_target(attempt, metrics))
     }
 }
 
@@ -201,12 +201,12 @@ async fn try_target(
     let state = &target.state;
     let in_flight = state.begin();
     // Boxed for the same reason as the gateway's handler: the attempt's
-    // future (about 1.4 KB) is then written once, not copied on every move.
-    let result = Box::pin(attempt::attempt(
-        call, target, model, permit, &metrics, started,
-    ))
-    .instrument(span.clone())
-    .await;
+    // future (about 1.7 KB) is then written once, where it stays, not
+    // copied on every move.
+    let result =
+        crate::inplace::pinned(|| attempt::attempt(call, target, model, permit, &metrics, started))
+            .instrument(span.clone())
+            .await;
     let _in_span = span.enter();
     drop(in_flight);
     if matches!(

@@ -47,7 +47,7 @@ where
     fn call(&mut self, call: Arc<Call>) -> Self::Future {
         let inner = self.inner.clone();
         let metrics = self.metrics.clone();
-        Box::pin(async move {
+        crate::inplace::pinned(|| async move {
             let primary = &call.route.alias;
             let mut fallbacks = primary.fallbacks.iter();
             let (mut alias, mut default_model) = (primary, call.route.default_model.clone());

@@ -45,7 +45,7 @@ where
     fn call(&mut self, call: Arc<Call>) -> Self::Future {
         let inner = self.inner.clone();
         let engine = self.engine.clone();
-        Box::pin(async move {
+        crate::inplace::pinned(|| async move {
             let ticket = engine.admit(&call).await?;
             match inner.oneshot(call.clone()).await {
                 Ok(mut response) => {
