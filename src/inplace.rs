@@ -2,7 +2,7 @@
 //!
 //! `Box::pin(future)` builds the future on the stack and copies all of it
 //! to the heap, though before its first poll it holds only its arguments:
-//! the request path boxes six futures of up to 1.4 KB each, and those
+//! the request path boxes six futures of up to 1.7 KB each, and those
 //! copies cost more than the allocations and push other data out of the
 //! first-level cache. Allocating first and building the future into the
 //! allocation lets the compiler write it once, where it stays.

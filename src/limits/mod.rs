@@ -240,7 +240,7 @@ impl Store {
             Store::Memory(m) => Ok(m.check(now_ms, rules)),
             // Boxed: inline, the Redis round trip's future would make every
             // request's admission future as large, limits or none.
-            Store::Redis(r) => Box::pin(r.check(now_ms, rules)).await,
+            Store::Redis(r) => crate::inplace::pinned(|| r.check(now_ms, rules)).await,
         }
     }
 
